@@ -1,0 +1,52 @@
+# Everything a fresh machine needs for the README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help venv broker demo run test test-main test-ha lint bench clean
+
+help:
+	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
+	@echo "make test   - lint, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
+	@echo "make bench  - the performance budgets in benchmarks/"
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rkllm-mqtt needs Python >= 3.11 (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,demo]'
+	@touch $@
+
+# Mosquitto from the distribution when it is missing; the tests start their own instance on a free port.
+broker:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto (apt-get)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	else echo "mosquitto not found and apt-get unavailable: install Mosquitto with your package manager"; fi
+
+demo: venv broker
+	$(BIN)/rkllm-mqtt demo
+
+run: demo
+
+test: test-main test-ha
+
+test-main: venv broker
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-ha: venv broker
+	bash tests/ha/run.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv broker
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache *.egg-info

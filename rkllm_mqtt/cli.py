@@ -1,0 +1,139 @@
+"""The `rkllm-mqtt` command: run, check, generate, ask, demo, discovery.
+
+Every expected failure ends as one clear line on stderr and a documented exit code; a traceback
+means a bug. Subcommand bodies live next to what they drive and are imported lazily, so `--help`
+and `check` never pay for paho or the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rkllm_mqtt import __version__
+from rkllm_mqtt.config import DEFAULT_CONFIG_PATH, Settings, load_config
+from rkllm_mqtt.errors import ConfigError, RkllmMqttError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work itself failed: error reply, timeout, runtime error
+EXIT_USAGE = 2  # bad command line or configuration
+EXIT_RUNTIME = 3  # the runtime library or model could not be loaded
+
+log = logging.getLogger("rkllm_mqtt")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Load `--config`; without it, the default path when it exists, else defaults + environment."""
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    return load_config(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from rkllm_mqtt.service import run_service
+
+    return run_service(settings)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from rkllm_mqtt.runtime.cli_commands import check
+
+    return check(settings)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from rkllm_mqtt.runtime.cli_commands import generate
+
+    return generate(settings, args.text)
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from rkllm_mqtt.ask import ask
+
+    return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
+               system=args.system, conversation=args.conversation)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rkllm_mqtt.demo import demo
+
+    return demo(abi=args.abi, prompt=args.prompt, fast=args.fast, keep_running=args.keep_running)
+
+
+def _cmd_discovery(args: argparse.Namespace) -> int:
+    from rkllm_mqtt.service import publish_discovery, remove_discovery
+
+    settings = _settings(args)
+    return remove_discovery(settings) if args.remove else publish_discovery(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rkllm-mqtt",
+        description="Serve a local LLM on a Rockchip NPU (RKLLM) over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, func, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument("--config", "-c", type=Path, default=None,
+                           help=f"TOML configuration (default: {DEFAULT_CONFIG_PATH} if it exists)")
+        p.set_defaults(func=func)
+        return p
+
+    command("run", "run the daemon: serve prompts over MQTT", _cmd_run)
+    command("check", "load the configuration and runtime library, report the ABI family", _cmd_check)
+    p = command("generate", "one local generation without MQTT, streamed to stdout", _cmd_generate)
+    p.add_argument("text", help="the prompt")
+    p = command("ask", "send a prompt to a running daemon and stream its reply", _cmd_ask)
+    p.add_argument("text", help="the prompt")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the final reply")
+    p.add_argument("--no-stream", action="store_true", help="print only the final answer")
+    p.add_argument("--system", default=None, help="system prompt for this request")
+    p.add_argument("--conversation", default=None, help="conversation id to continue")
+    p = command("demo", "broker + simulator + daemon on this machine, then one prompt", _cmd_demo,
+                config=False)
+    p.add_argument("--abi", default="1.2", choices=["1.1", "1.2.0", "1.2", "1.3"],
+                   help="simulated runtime family (default: 1.2)")
+    p.add_argument("--prompt", default="Hello from rkllm-mqtt! What can you do?")
+    p.add_argument("--fast", action="store_true", help="no simulated RK3588 delays")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep broker and daemon running after the answer (Ctrl-C stops)")
+    p = command("discovery", "publish or remove the Home Assistant discovery config", _cmd_discovery)
+    p.add_argument("--remove", action="store_true", help="clear the retained discovery config")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"rkllm-mqtt: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RkllmMqttError as err:
+        print(f"rkllm-mqtt: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
