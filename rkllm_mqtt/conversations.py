@@ -1,0 +1,129 @@
+"""Multi-turn conversations: bounded stored history, and which conversation owns the KV cache.
+
+The NPU's KV cache can hold one conversation. Continuing the conversation that is already in it
+costs only the new turn's prefill; any other conversation is rebuilt (cache cleared, its stored
+history replayed). So the history kept here is what makes switching possible, and its bounds
+(count, turns, characters; oldest evicted) are what keep a chatty client from exhausting memory or
+the model's context. Runtimes without `keep_history` (1.1.x) always replay the history.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rkllm_mqtt.protocol import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one run sends: the messages, whether the cache is cleared first and kept after."""
+
+    messages: tuple[Message, ...]
+    system: str | None
+    keep_history: bool
+    clear_kv: bool
+    continues_kv: bool  # only the new turn is sent: the rest is already in the cache
+
+
+@dataclass(slots=True)
+class _Conversation:
+    system: str | None
+    turns: list[tuple[tuple[Message, ...], str]] = field(default_factory=list)
+    chars: int = 0
+
+
+class Conversations:
+    """Stored histories plus the KV-cache owner; used only from the service loop."""
+
+    def __init__(self, *, max_conversations: int, max_turns: int, max_chars: int,
+                 kv_cache: bool) -> None:
+        self.max_conversations = max_conversations
+        self.max_turns = max_turns
+        self.max_chars = max_chars
+        self.kv_cache = kv_cache
+        self._store: OrderedDict[str, _Conversation] = OrderedDict()
+        self._kv_owner: str | None = None
+        self._kv_dirty = False  # something not owned by a conversation may be in the cache
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def kv_owner(self) -> str | None:
+        return self._kv_owner
+
+    def history(self, conversation: str) -> tuple[Message, ...]:
+        conv = self._store.get(conversation)
+        if conv is None:
+            return ()
+        return tuple(m for user, answer in conv.turns
+                     for m in (*user, Message("assistant", answer)))
+
+    def plan(self, conversation: str | None, new: Sequence[Message], system: str | None) -> Plan:
+        """Decide how to run `new` (the request's own messages) for `conversation`."""
+        new = tuple(new)
+        if not self.kv_cache:
+            history = self.history(conversation) if conversation else ()
+            stored = self._store.get(conversation) if conversation else None
+            if system is None and stored is not None:
+                system = stored.system
+            return Plan(history + new, system, keep_history=False, clear_kv=False,
+                        continues_kv=False)
+        if conversation is None:
+            clear = self._kv_owner is not None or self._kv_dirty
+            self._kv_owner, self._kv_dirty = None, False
+            return Plan(new, system, keep_history=False, clear_kv=clear, continues_kv=False)
+        stored = self._store.get(conversation)
+        if system is None and stored is not None:
+            system = stored.system
+        same_system = stored is None or stored.system == system
+        if self._kv_owner == conversation and not self._kv_dirty and same_system:
+            return Plan(new, system, keep_history=True, clear_kv=False, continues_kv=True)
+        clear = self._kv_owner is not None or self._kv_dirty
+        self._kv_owner, self._kv_dirty = conversation, False
+        return Plan(self.history(conversation) + new, system, keep_history=True,
+                    clear_kv=clear, continues_kv=False)
+
+    def finished(self, conversation: str | None, new: Sequence[Message], system: str | None,
+                 answer: str | None) -> None:
+        """Record a run's outcome; `answer=None` means it did not complete (error, abort).
+
+        An incomplete run leaves the cache in an unknown state, so the next run rebuilds.
+        """
+        if answer is None:
+            if self._kv_owner is not None or conversation is not None:
+                self._kv_owner, self._kv_dirty = None, True
+            return
+        if conversation is None:
+            return
+        conv = self._store.get(conversation)
+        if conv is None:
+            conv = self._store[conversation] = _Conversation(system)
+        elif system is not None:
+            conv.system = system  # a new system prompt applies to the whole replayed history
+        self._store.move_to_end(conversation)
+        conv.turns.append((tuple(new), answer))
+        conv.chars += _turn_chars(new, answer)
+        trimmed = False
+        while conv.turns and (len(conv.turns) > self.max_turns or conv.chars > self.max_chars):
+            user, old_answer = conv.turns.pop(0)
+            conv.chars -= _turn_chars(user, old_answer)
+            trimmed = True
+        if trimmed and self._kv_owner == conversation:
+            # The cache still holds the evicted turns; rebuild next time so it stays bounded too.
+            self._kv_owner, self._kv_dirty = None, True
+        while len(self._store) > self.max_conversations:
+            evicted, _ = self._store.popitem(last=False)
+            if evicted == self._kv_owner:
+                self._kv_owner, self._kv_dirty = None, True
+
+    def forget(self, conversation: str) -> None:
+        self._store.pop(conversation, None)
+        if self._kv_owner == conversation:
+            self._kv_owner, self._kv_dirty = None, True
+
+
+def _turn_chars(user: Sequence[Message], answer: str) -> int:
+    return sum(len(m.content) for m in user) + len(answer)

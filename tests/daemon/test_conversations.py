@@ -1,0 +1,91 @@
+"""Which conversation owns the KV cache, and how stored history stays bounded."""
+
+from __future__ import annotations
+
+from rkllm_mqtt.conversations import Conversations
+from rkllm_mqtt.protocol import Message
+
+
+def user(text: str) -> tuple[Message, ...]:
+    return (Message("user", text),)
+
+
+def store(**kw) -> Conversations:
+    args = {"max_conversations": 3, "max_turns": 3, "max_chars": 1000, "kv_cache": True, **kw}
+    return Conversations(**args)
+
+
+def test_same_conversation_continues_the_cache_other_is_rebuilt():
+    c = store()
+    p = c.plan("a", user("a1"), None)
+    assert p.messages == user("a1") and p.keep_history and not p.clear_kv and not p.continues_kv
+    c.finished("a", user("a1"), None, "A1")
+    p = c.plan("a", user("a2"), None)
+    assert p.continues_kv and p.messages == user("a2") and not p.clear_kv
+    c.finished("a", user("a2"), None, "A2")
+    p = c.plan("b", user("b1"), None)
+    assert p.clear_kv and not p.continues_kv and p.messages == user("b1")
+    c.finished("b", user("b1"), None, "B1")
+    p = c.plan("a", user("a3"), None)  # back to a: rebuilt from its history
+    assert p.clear_kv and p.keep_history and p.messages == (
+        Message("user", "a1"), Message("assistant", "A1"), Message("user", "a2"),
+        Message("assistant", "A2"), Message("user", "a3"))
+    assert c.kv_owner == "a"
+
+
+def test_request_without_conversation_clears_a_used_cache():
+    c = store()
+    c.plan("a", user("x"), None)
+    c.finished("a", user("x"), None, "y")
+    p = c.plan(None, user("q"), None)
+    assert p.clear_kv and not p.keep_history and p.messages == user("q")
+    assert not c.plan(None, user("q2"), None).clear_kv  # nothing left to clear
+    assert c.plan("a", user("z"), None).clear_kv is False  # cache empty: rebuild without clear
+
+
+def test_failed_run_forces_rebuild_and_is_not_recorded():
+    c = store()
+    c.plan("a", user("1"), None)
+    c.finished("a", user("1"), None, "one")
+    c.plan("a", user("2"), None)
+    c.finished("a", user("2"), None, None)  # aborted
+    assert c.history("a") == (Message("user", "1"), Message("assistant", "one"))
+    p = c.plan("a", user("3"), None)
+    assert p.clear_kv and not p.continues_kv and len(p.messages) == 3
+
+
+def test_bounds_turns_chars_and_count():
+    c = store(max_turns=2, max_chars=20)
+    for i in range(4):
+        c.plan("a", user(f"q{i}"), None)
+        c.finished("a", user(f"q{i}"), None, f"a{i}")
+    assert c.history("a") == (Message("user", "q2"), Message("assistant", "a2"),
+                              Message("user", "q3"), Message("assistant", "a3"))
+    # trimming happened while "a" owned the cache: the next run rebuilds from the bounded history
+    assert c.plan("a", user("q4"), None).clear_kv
+    c.finished("a", user("x" * 15), None, "y" * 10)  # 25 chars alone: over max_chars
+    assert c.history("a") == ()
+    for name in ("b", "c", "d", "e"):
+        c.plan(name, user("q"), None)
+        c.finished(name, user("q"), None, "a")
+    assert len(c) == 3 and c.history("b") == ()  # the oldest conversations were evicted
+
+
+def test_system_prompt_change_rebuilds_and_sticks():
+    c = store()
+    c.plan("a", user("1"), "sys1")
+    c.finished("a", user("1"), "sys1", "one")
+    p = c.plan("a", user("2"), None)  # no system given: the stored one applies
+    assert p.continues_kv and p.system == "sys1"
+    c.finished("a", user("2"), None, "two")
+    p = c.plan("a", user("3"), "sys2")
+    assert p.clear_kv and p.system == "sys2" and len(p.messages) == 5
+
+
+def test_without_kv_cache_history_is_always_replayed():
+    c = store(kv_cache=False)
+    c.plan("a", user("1"), "s")
+    c.finished("a", user("1"), "s", "one")
+    p = c.plan("a", user("2"), None)
+    assert not p.keep_history and not p.clear_kv and p.system == "s"
+    assert p.messages == (Message("user", "1"), Message("assistant", "one"), Message("user", "2"))
