@@ -1,0 +1,433 @@
+"""rkllm.h of release 1.3.0 (family F), mirrored in header order.
+
+The ABI break against 1.2.x: rkllm_init takes an RKLLMCallback*, RKLLMParam loses the img_* tags
+and gains ignore_eos_token, RKLLMInferParam gains per-run sampling and max_new_tokens.
+
+Declarations identical in every family come from `common`; their place in the header is noted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    Union,
+    c_bool,
+    c_char_p,
+    c_float,
+    c_int,
+    c_int8,
+    c_int32,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from typing import Any
+
+from rkllm_mqtt.runtime.common import (
+    CFunction,
+    LLMCallState,
+    LLMHandle,
+    RKLLMEmbedInput,
+    RKLLMInferMode,
+    RKLLMInputType,
+    RKLLMLoraAdapter,
+    RKLLMLoraParam,
+    RKLLMPromptCacheParam,
+    RKLLMResultLastHiddenLayer,
+    RKLLMTokenInput,
+    bind_all,
+    check_layout,
+)
+
+ABI = "1.3"
+VERSIONS = ("1.3.0",)
+
+# #define CPU0 (1 << 0) ... #define CPU7 (1 << 7)   (bits of enabled_cpus_mask)
+CPU0, CPU1, CPU2, CPU3, CPU4, CPU5, CPU6, CPU7 = (1 << n for n in range(8))
+
+# LLMHandle, LLMCallState (NORMAL/WAITING/FINISH/ERROR), RKLLMInputType, RKLLMInferMode: common.py
+#     RKLLM_INFER_GET_LOGITS = 2                 (RKLLMInferMode, 1.2.0+)
+RKLLM_INFER_GET_LOGITS = 2
+
+# typedef int (*LLMGetEmbedCallback)(void* userdata, int32_t* tokens, uint64_t num_tokens,
+#                                    void* embed, uint64_t len);
+LLMGetEmbedCallback = CFUNCTYPE(c_int, c_void_p, POINTER(c_int32), c_uint64, c_void_p, c_uint64)
+
+# typedef int (*LLMTokenizerCallback)(void* userdata, const char* text, int32_t text_len,
+#                                     int32_t* tokens, int32_t n_tokens_max);
+LLMTokenizerCallback = CFUNCTYPE(c_int, c_void_p, c_char_p, c_int32, POINTER(c_int32), c_int32)
+
+
+# typedef struct {
+#     int32_t      base_domain_id;
+#     int8_t       embed_flash;
+#     int8_t       enabled_cpus_num;
+#     uint32_t     enabled_cpus_mask;
+#     uint8_t      n_batch;
+#     int8_t       use_cross_attn;
+#     uint8_t      reserved[104];
+# } RKLLMExtendParam;
+class RKLLMExtendParam(Structure):
+    _fields_ = [
+        ("base_domain_id", c_int32),
+        ("embed_flash", c_int8),
+        ("enabled_cpus_num", c_int8),
+        ("enabled_cpus_mask", c_uint32),
+        ("n_batch", c_uint8),
+        ("use_cross_attn", c_int8),
+        ("reserved", c_uint8 * 104),
+    ]
+
+
+# typedef struct {
+#     const char* model_path;
+#     int32_t max_context_len;
+#     int32_t max_new_tokens;
+#     int32_t top_k;
+#     int32_t n_keep;
+#     float top_p;
+#     float temperature;
+#     float repeat_penalty;
+#     float frequency_penalty;
+#     float presence_penalty;
+#     int32_t mirostat;
+#     float mirostat_tau;
+#     float mirostat_eta;
+#     bool skip_special_token;
+#     bool ignore_eos_token;
+#     bool is_async;
+#     RKLLMExtendParam extend_param;
+# } RKLLMParam;
+class RKLLMParam(Structure):
+    _fields_ = [
+        ("model_path", c_char_p),
+        ("max_context_len", c_int32),
+        ("max_new_tokens", c_int32),
+        ("top_k", c_int32),
+        ("n_keep", c_int32),
+        ("top_p", c_float),
+        ("temperature", c_float),
+        ("repeat_penalty", c_float),
+        ("frequency_penalty", c_float),
+        ("presence_penalty", c_float),
+        ("mirostat", c_int32),
+        ("mirostat_tau", c_float),
+        ("mirostat_eta", c_float),
+        ("skip_special_token", c_bool),
+        ("ignore_eos_token", c_bool),
+        ("is_async", c_bool),
+        ("extend_param", RKLLMExtendParam),
+    ]
+
+
+# RKLLMLoraAdapter, RKLLMEmbedInput, RKLLMTokenInput: common.py
+
+
+# typedef struct {
+#     char* prompt;
+#     struct {
+#         float* image_embed;
+#         size_t n_image_tokens;
+#         size_t n_image;
+#         const char* image_start;
+#         const char* image_end;
+#         const char* image_content;
+#         size_t image_width;
+#         size_t image_height;
+#     } image;
+#     struct {
+#         float* video_embed;
+#         size_t n_frame_tokens;
+#         size_t n_frame_per_video;
+#         size_t n_video;
+#         const char* video_start;
+#         const char* video_end;
+#         const char* video_content;
+#         size_t frame_width;
+#         size_t frame_height;
+#     } video;
+# } RKLLMMultiModalInput;
+class _RKLLMImageInput(Structure):
+    _fields_ = [
+        ("image_embed", POINTER(c_float)),
+        ("n_image_tokens", c_size_t),
+        ("n_image", c_size_t),
+        ("image_start", c_char_p),
+        ("image_end", c_char_p),
+        ("image_content", c_char_p),
+        ("image_width", c_size_t),
+        ("image_height", c_size_t),
+    ]
+
+
+class _RKLLMVideoInput(Structure):
+    _fields_ = [
+        ("video_embed", POINTER(c_float)),
+        ("n_frame_tokens", c_size_t),
+        ("n_frame_per_video", c_size_t),
+        ("n_video", c_size_t),
+        ("video_start", c_char_p),
+        ("video_end", c_char_p),
+        ("video_content", c_char_p),
+        ("frame_width", c_size_t),
+        ("frame_height", c_size_t),
+    ]
+
+
+class RKLLMMultiModalInput(Structure):
+    _fields_ = [
+        ("prompt", c_char_p),
+        ("image", _RKLLMImageInput),
+        ("video", _RKLLMVideoInput),
+    ]
+
+
+# typedef struct {
+#     const char* role;
+#     bool enable_thinking;
+#     RKLLMInputType input_type;
+#     union {
+#         const char* prompt_input;
+#         RKLLMEmbedInput embed_input;
+#         RKLLMTokenInput token_input;
+#         RKLLMMultiModalInput multimodal_input;
+#     };
+# } RKLLMInput;
+class _RKLLMInputUnion(Union):
+    _fields_ = [
+        ("prompt_input", c_char_p),
+        ("embed_input", RKLLMEmbedInput),
+        ("token_input", RKLLMTokenInput),
+        ("multimodal_input", RKLLMMultiModalInput),
+    ]
+
+
+class RKLLMInput(Structure):
+    _anonymous_ = ("_input",)
+    _fields_ = [
+        ("role", c_char_p),
+        ("enable_thinking", c_bool),
+        ("input_type", RKLLMInputType),
+        ("_input", _RKLLMInputUnion),
+    ]
+
+
+# RKLLMLoraParam, RKLLMPromptCacheParam: common.py
+
+
+# typedef struct {
+#     float* encoder_k_cache;
+#     float* encoder_v_cache;
+#     float* encoder_mask;
+#     int32_t* encoder_pos;
+#     int num_tokens;
+# } RKLLMCrossAttnParam;
+class RKLLMCrossAttnParam(Structure):
+    _fields_ = [
+        ("encoder_k_cache", POINTER(c_float)),
+        ("encoder_v_cache", POINTER(c_float)),
+        ("encoder_mask", POINTER(c_float)),
+        ("encoder_pos", POINTER(c_int32)),
+        ("num_tokens", c_int),
+    ]
+
+
+# typedef struct {
+#   int32_t top_k;
+#   float top_p;
+#   float temperature;
+#   float repeat_penalty;
+#   float frequency_penalty;
+#   float presence_penalty;
+#   int32_t mirostat;
+#   float mirostat_tau;
+#   float mirostat_eta;
+# } RKLLMSamplingParam;
+class RKLLMSamplingParam(Structure):
+    _fields_ = [
+        ("top_k", c_int32),
+        ("top_p", c_float),
+        ("temperature", c_float),
+        ("repeat_penalty", c_float),
+        ("frequency_penalty", c_float),
+        ("presence_penalty", c_float),
+        ("mirostat", c_int32),
+        ("mirostat_tau", c_float),
+        ("mirostat_eta", c_float),
+    ]
+
+
+# typedef struct {
+#     RKLLMInferMode mode;
+#     RKLLMLoraParam* lora_params;
+#     RKLLMPromptCacheParam* prompt_cache_params;
+#     RKLLMSamplingParam* sampling_params;
+#     int keep_history;
+#     int32_t max_new_tokens;               (<= 0: the value given to rkllm_init)
+# } RKLLMInferParam;
+class RKLLMInferParam(Structure):
+    _fields_ = [
+        ("mode", RKLLMInferMode),
+        ("lora_params", POINTER(RKLLMLoraParam)),
+        ("prompt_cache_params", POINTER(RKLLMPromptCacheParam)),
+        ("sampling_params", POINTER(RKLLMSamplingParam)),
+        ("keep_history", c_int),
+        ("max_new_tokens", c_int32),
+    ]
+
+
+# RKLLMResultLastHiddenLayer: common.py
+
+
+# typedef struct {
+#     const float* logits;
+#     int vocab_size;
+#     int num_tokens;
+# } RKLLMResultLogits;
+class RKLLMResultLogits(Structure):
+    _fields_ = [
+        ("logits", POINTER(c_float)),
+        ("vocab_size", c_int),
+        ("num_tokens", c_int),
+    ]
+
+
+# typedef struct {
+#     float prefill_time_ms;
+#     int prefill_tokens;
+#     float generate_time_ms;
+#     int generate_tokens;
+#     float memory_usage_mb;
+# } RKLLMPerfStat;
+class RKLLMPerfStat(Structure):
+    _fields_ = [
+        ("prefill_time_ms", c_float),
+        ("prefill_tokens", c_int),
+        ("generate_time_ms", c_float),
+        ("generate_tokens", c_int),
+        ("memory_usage_mb", c_float),
+    ]
+
+
+# typedef struct {
+#     const char* text;
+#     int32_t token_id;
+#     RKLLMResultLastHiddenLayer last_hidden_layer;
+#     RKLLMResultLogits logits;
+#     RKLLMPerfStat perf;
+# } RKLLMResult;
+class RKLLMResult(Structure):
+    _fields_ = [
+        ("text", c_char_p),
+        ("token_id", c_int32),
+        ("last_hidden_layer", RKLLMResultLastHiddenLayer),
+        ("logits", RKLLMResultLogits),
+        ("perf", RKLLMPerfStat),
+    ]
+
+
+# typedef int(*LLMResultCallback)(RKLLMResult* result, void* userdata, LLMCallState state);
+#     return 0: continue; 1: pause (the run returns, the KV cache is kept); 2: release buffer
+LLMResultCallback = CFUNCTYPE(c_int, POINTER(RKLLMResult), c_void_p, LLMCallState)
+
+
+# typedef struct
+# {
+#     LLMResultCallback result_callback;
+#     void*             result_userdata;
+#     LLMTokenizerCallback tokenizer_callback;
+#     void*                tokenizer_userdata;
+#     LLMGetEmbedCallback embed_callback;
+#     void*               embed_userdata;
+# } RKLLMCallback;
+class RKLLMCallback(Structure):
+    _fields_ = [
+        ("result_callback", LLMResultCallback),
+        ("result_userdata", c_void_p),
+        ("tokenizer_callback", LLMTokenizerCallback),
+        ("tokenizer_userdata", c_void_p),
+        ("embed_callback", LLMGetEmbedCallback),
+        ("embed_userdata", c_void_p),
+    ]
+
+FUNCTIONS = (
+    # RKLLMParam rkllm_createDefaultParam();
+    CFunction("rkllm_createDefaultParam", [], RKLLMParam),
+    # int rkllm_init(LLMHandle* handle, RKLLMParam* param, RKLLMCallback* callback);
+    CFunction(
+        "rkllm_init", [POINTER(LLMHandle), POINTER(RKLLMParam), POINTER(RKLLMCallback)], c_int
+    ),
+    # int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter* lora_adapter);
+    CFunction("rkllm_load_lora", [LLMHandle, POINTER(RKLLMLoraAdapter)], c_int),
+    # int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path);
+    CFunction("rkllm_load_prompt_cache", [LLMHandle, c_char_p], c_int),
+    # int rkllm_release_prompt_cache(LLMHandle handle);
+    CFunction("rkllm_release_prompt_cache", [LLMHandle], c_int),
+    # int rkllm_destroy(LLMHandle handle);
+    CFunction("rkllm_destroy", [LLMHandle], c_int),
+    # int rkllm_run(LLMHandle handle, RKLLMInput* rkllm_input,
+    #               RKLLMInferParam* rkllm_infer_params, void* userdata);
+    CFunction(
+        "rkllm_run",
+        [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
+        c_int,
+    ),
+    # int rkllm_run_async(LLMHandle handle, RKLLMInput* rkllm_input,
+    #                     RKLLMInferParam* rkllm_infer_params, void* userdata);
+    CFunction(
+        "rkllm_run_async",
+        [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
+        c_int,
+    ),
+    # int rkllm_abort(LLMHandle handle);
+    CFunction("rkllm_abort", [LLMHandle], c_int),
+    # int rkllm_is_running(LLMHandle handle);
+    CFunction("rkllm_is_running", [LLMHandle], c_int),
+    # int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt,
+    #                          int* start_pos, int* end_pos);
+    CFunction(
+        "rkllm_clear_kv_cache", [LLMHandle, c_int, POINTER(c_int), POINTER(c_int)], c_int
+    ),
+    # int rkllm_get_kv_cache_size(LLMHandle handle, int* cache_sizes);
+    CFunction("rkllm_get_kv_cache_size", [LLMHandle, POINTER(c_int)], c_int),
+    # int rkllm_set_chat_template(LLMHandle handle, const char* system_prompt,
+    #                             const char* prompt_prefix, const char* prompt_postfix);
+    CFunction("rkllm_set_chat_template", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
+    # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt,
+    #                              const char* tools, const char* tool_response_str);
+    CFunction("rkllm_set_function_tools", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
+    # int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam* cross_attn_params);
+    CFunction("rkllm_set_cross_attn_params", [LLMHandle, POINTER(RKLLMCrossAttnParam)], c_int),
+)
+
+
+def bind(lib: ctypes.CDLL, path: str) -> Any:
+    """Every function of this header, with argtypes/restype set; attributes carry the C names."""
+    return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
+
+
+check_layout(
+    ABI,
+    sizes={
+        RKLLMExtendParam: 120,
+        RKLLMParam: 184,
+        RKLLMInput: 160,
+        RKLLMInferParam: 40,
+        RKLLMResult: 72,
+        RKLLMMultiModalInput: 144,
+        RKLLMCallback: 48,
+        RKLLMSamplingParam: 36,
+    },
+    offsets={
+        (RKLLMExtendParam, "enabled_cpus_mask"): 8,
+        (RKLLMParam, "extend_param"): 60,
+        (RKLLMInput, "input_type"): 12,
+        (RKLLMInput, "_input"): 16,
+        (RKLLMResult, "perf"): 48,
+    },
+)
