@@ -1,0 +1,584 @@
+"""One RKLLM handle, owned by one worker thread, serving generations one at a time in FIFO order.
+
+Rules from rkllm-api.md that shape this class:
+- every call that touches the handle (init, run, clear_kv_cache, set_chat_template, destroy) runs
+  on the session's own thread, so at most one is ever inside the library; rkllm_abort is the only
+  call made from other threads, because it must interrupt a running rkllm_run;
+- rkllm_run (never rkllm_run_async, is_async always false) streams through the callback, and the
+  run ends when rkllm_run returns, whatever the callback saw (an abort ends without FINISH);
+- the callback copies the text at once, never raises, and may run on any thread; the CFUNCTYPE
+  object (and the 1.3 RKLLMCallback struct) live as long as the session;
+- every buffer handed to rkllm_run stays referenced until it returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from rkllm_mqtt.config import RuntimeSettings
+from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
+from rkllm_mqtt.runtime.common import (
+    RKLLM_RUN_ERROR,
+    RKLLM_RUN_FINISH,
+    RKLLM_RUN_NORMAL,
+    LLMHandle,
+)
+from rkllm_mqtt.runtime.events import (
+    NO_STATS,
+    ChatMessage,
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    GenerationRequest,
+    RunStats,
+    TokenEvent,
+)
+from rkllm_mqtt.runtime.library import LoadedLibrary, family_of_version, open_library
+from rkllm_mqtt.runtime.nativelog import (
+    capture_native_output,
+    explain_init_failure,
+    logged_runtime_version,
+)
+from rkllm_mqtt.runtime.params import (
+    build_infer_param,
+    build_input,
+    build_param,
+    build_sampling,
+    has_field,
+)
+from rkllm_mqtt.runtime.prompt import (
+    PromptPlan,
+    Template,
+    TemplateConfig,
+    plan_prompt,
+    render_messages,
+)
+from rkllm_mqtt.runtime.stream import TextStream
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Event], None]
+T = TypeVar("T")
+
+_QUEUED, _RUNNING, _DONE = "queued", "running", "done"
+
+
+class _Run:
+    """What the callback of one generation accumulates; read by the worker after rkllm_run."""
+
+    def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None]) -> None:
+        self.stream = TextStream(stop)
+        self.emit = emit
+        self.limit: int | None = None  # tokens after which we abort (families without native cap)
+        self.length_cap: int | None = None  # reaching it means finish_reason "length"
+        self.tokens = 0
+        self.callbacks = 0
+        self.started = 0.0
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.perf: tuple[float, int, float, int, float] | None = None
+        self.error_seen = False
+        self.stop_reason: str | None = None
+        self.abort_before_callback = False
+        self.lock = threading.Lock()
+
+
+class Generation:
+    """A queued or running request; iterate it for events or wait for `result()`."""
+
+    def __init__(self, session: Session, request: GenerationRequest, plan: PromptPlan,
+                 sink: Sink | None) -> None:
+        self.request = request
+        self._session = session
+        self._plan = plan
+        self._sink = sink
+        self._run = _Run(request.stop, self._emit)
+        self._state = _QUEUED  # guarded by session._lock
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._outcome: FinalEvent | ErrorEvent | None = None
+
+    def __iter__(self) -> Iterator[Event]:
+        """TokenEvents, then exactly one FinalEvent or ErrorEvent (with a sink: only the last)."""
+        while True:
+            event = self._events.get()
+            yield event
+            if not isinstance(event, TokenEvent):
+                return
+
+    def abort(self, reason: str = "abort") -> None:
+        """Queued: it never runs. Running: rkllm_abort; the FinalEvent carries `reason`."""
+        self._session._abort(self, reason)
+
+    def result(self, timeout: float | None = None) -> FinalEvent | ErrorEvent:
+        if not self._done.wait(timeout):
+            raise TimeoutError("the generation has not finished yet")
+        assert self._outcome is not None
+        return self._outcome
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _emit(self, event: Event) -> None:
+        if self._sink is not None:
+            try:
+                self._sink(event)
+            except Exception:  # the sink is the caller's code; a native callback must survive it
+                log.exception("event sink raised; event dropped")
+            if isinstance(event, TokenEvent):
+                return
+        self._events.put(event)
+
+    def _finish(self, outcome: FinalEvent | ErrorEvent) -> None:
+        self._outcome = outcome
+        self._emit(outcome)
+        self._done.set()
+
+
+class Session:
+    """The RKLLM handle of one model: `open()`, `generate()` any number of times, `close()`."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.abi: str = settings.abi
+        self.runtime_version: str | None = None
+        self.library_path: str = settings.library
+        self.model_name: str = os.path.basename(settings.model or "")
+        self.supports_history = False
+        self._templates = TemplateConfig(
+            settings.system_prompt, settings.prompt_prefix, settings.prompt_postfix
+        )
+        self._lock = threading.Lock()  # states of generations, open/closed
+        self._run_lock = threading.Lock()  # which run is inside rkllm_run (for rkllm_abort)
+        self._jobs: queue.SimpleQueue[Callable[[], None] | Generation | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._in_callback = threading.local()
+        self._lib: LoadedLibrary | None = None
+        self._fn: Any = None
+        self._param: Any = None
+        self._handle: LLMHandle | None = None
+        self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
+        self._running: Generation | None = None
+        self._template_now: Template | None = None  # what the library currently has
+        # Held for the handle's whole life: the library keeps these pointers.
+        self._callback: Any = None
+        self._callback_struct: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the library, choose the ABI, rkllm_init on the worker thread; raises on failure."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeRunError("the RKLLM session is closed")
+            if self._thread is not None:
+                return
+        if not self.settings.model:
+            raise RuntimeInitError("runtime.model is not set (the path of the .rkllm model file)")
+        loaded = open_library(self.settings.library, self.settings.abi)
+        self._lib, self._fn = loaded, loaded.functions
+        self.abi, self.library_path = loaded.abi, loaded.path
+        self.runtime_version = loaded.runtime_version
+        self.supports_history = self.abi != "1.1"
+        self._param = build_param(loaded.module, self._fn, self.settings)
+        self._make_callback(loaded.module)
+
+        thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
+        with self._lock:
+            self._thread = thread
+        thread.start()
+        try:
+            self._call(self._init)
+        except BaseException:
+            self._jobs.put(None)
+            thread.join()
+            with self._lock:
+                self._thread = None
+            raise
+        log.info(
+            "RKLLM %s ABI (runtime %s) from %s; model %s",
+            self.abi, self.runtime_version or "version unknown", self.library_path, self.model_name,
+        )
+
+    def close(self) -> None:
+        """Abort what runs, drop what waits, rkllm_destroy, stop the thread; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            running, thread = self._running, self._thread
+        if running is not None:
+            self._abort(running, "abort")
+        if thread is None:
+            return
+        self._jobs.put(self._destroy)
+        self._jobs.put(None)
+        if thread is not threading.current_thread():
+            thread.join()
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public operations -------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, sink: Sink | None = None) -> Generation:
+        """Queue a generation and return at once; runs execute one at a time, in order."""
+        messages = request.messages
+        if request.prompt is not None:
+            messages = (*messages, ChatMessage("user", request.prompt))
+        system, prompt = render_messages(messages, request.system)
+        plan = plan_prompt(
+            self._templates, system, prompt.replace("\x00", ""),
+            native_template=self.abi != "1.1",
+        )
+        with self._lock:
+            if self._closed:
+                raise RuntimeRunError("the RKLLM session is closed")
+            if self._thread is None:
+                raise RuntimeRunError("the RKLLM session is not open")
+            generation = Generation(self, request, plan, sink)
+            self._jobs.put(generation)
+        return generation
+
+    def clear(self, keep_system_prompt: bool = False) -> None:
+        """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API)."""
+        if not self.supports_history:
+            return
+        self._call(lambda: self._clear(keep_system_prompt))
+
+    def call_native(self, fn: Callable[[ctypes.CDLL, LLMHandle], T]) -> T:
+        """Run `fn(library, handle)` on the worker thread, after everything queued before it.
+
+        For diagnostics and tests (e.g. the simulator's rkllm_sim_inspect): the handle is only
+        ever touched from the worker thread, never while a run is inside the library.
+        """
+        assert self._lib is not None
+
+        def call() -> T:
+            assert self._lib is not None and self._handle is not None
+            return fn(self._lib.lib, self._handle)
+
+        return self._call(call)
+
+    # -- worker thread -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if isinstance(job, Generation):
+                    self._execute(job)
+                else:
+                    job()
+            except Exception:  # the worker must outlive any single job
+                log.exception("RKLLM worker: unexpected error")
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker thread after everything queued so far; re-raise its error."""
+        future: Future[T] = Future()
+
+        def job() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as err:  # handed to the waiting caller
+                future.set_exception(err)
+
+        with self._lock:
+            if self._closed or self._thread is None:
+                raise RuntimeRunError("the RKLLM session is not open")
+            self._jobs.put(job)
+        return future.result()
+
+    def _init(self) -> None:
+        assert self._lib is not None
+        handle = LLMHandle()
+        callback = (
+            ctypes.byref(self._callback_struct)
+            if self._callback_struct is not None
+            else self._callback
+        )
+        with capture_native_output() as output:
+            status = self._fn.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
+        logged = logged_runtime_version("".join(output))
+        if status != 0 or not handle.value:
+            raise RuntimeInitError(
+                "rkllm_init failed: "
+                + explain_init_failure(
+                    status, self.settings.model or "", self._param.max_context_len,
+                    "".join(output), abi=self.abi, version=self.runtime_version or logged,
+                )
+            )
+        self._handle = handle
+        if logged and family_of_version(logged) not in (None, self.abi):
+            self._destroy()
+            raise RuntimeInitError(
+                f'the runtime reports version {logged}, but runtime.abi is "{self.abi}"; '
+                f'set runtime.abi to "{family_of_version(logged)}" or "auto"'
+            )
+        self.runtime_version = self.runtime_version or logged
+        configured = self._templates.native() if self.abi != "1.1" else None
+        if configured is not None:
+            status = self._set_template(configured)
+            if status != 0:
+                self._destroy()
+                raise RuntimeInitError(
+                    f"rkllm_set_chat_template failed ({status}) for runtime.system_prompt/"
+                    "prompt_prefix/prompt_postfix"
+                )
+
+    def _destroy(self) -> None:
+        if self._handle is not None:
+            status = self._fn.rkllm_destroy(self._handle)
+            if status != 0:
+                log.warning("rkllm_destroy returned %d", status)
+            self._handle = None
+
+    def _clear(self, keep_system_prompt: bool) -> None:
+        if len(self._fn.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
+            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        else:
+            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
+        if status != 0:
+            raise RuntimeRunError(f"rkllm_clear_kv_cache failed ({status})")
+
+    def _set_template(self, template: Template) -> int:
+        status = self._fn.rkllm_set_chat_template(
+            self._handle,
+            template.system_prompt.encode(),
+            template.prompt_prefix.encode(),
+            template.prompt_postfix.encode(),
+        )
+        self._template_now = template if status == 0 else None
+        return status
+
+    def _execute(self, generation: Generation) -> None:
+        with self._lock:
+            if generation._state != _QUEUED:  # aborted while it waited
+                return
+            generation._state = _RUNNING
+            self._running = generation
+        try:
+            outcome = (
+                self._run_generation(generation)
+                if not self._closed
+                else FinalEvent("", "abort", NO_STATS)
+            )
+        except Exception as err:  # turn a bug into an error reply, keep serving
+            log.exception("RKLLM generation failed")
+            outcome = ErrorEvent("runtime_error", f"internal error: {err}",
+                                 generation._run.stream.text)
+        with self._lock:
+            generation._state = _DONE
+            self._running = None
+        generation._finish(outcome)
+
+    def _run_generation(self, generation: Generation) -> FinalEvent | ErrorEvent:
+        assert self._lib is not None
+        module, request = self._lib.module, generation.request
+        plan, run = generation._plan, generation._run
+        configured = self._templates.native() if self.abi != "1.1" else None
+        wanted = plan.template or configured
+        if wanted != self._template_now and wanted is not None:
+            status = self._set_template(wanted)
+            if status != 0:
+                return ErrorEvent("runtime_error", f"rkllm_set_chat_template failed ({status})")
+
+        prompt = plan.text.encode("utf-8", errors="replace")
+        role = request.role.encode("utf-8", errors="replace")
+        rkllm_input = build_input(module, prompt, role, request.enable_thinking)
+        native_sampling = has_field(module.RKLLMInferParam, "sampling_params")
+        sampling = (
+            build_sampling(module, self._param, request.sampling) if native_sampling else None
+        )
+        if not native_sampling and request.sampling.overrides():
+            log.debug("the %s ABI has no per-run sampling; ignored %s", self.abi,
+                      request.sampling.overrides())
+        infer = build_infer_param(
+            module,
+            keep_history=request.keep_history,
+            sampling=sampling,
+            max_new_tokens=request.max_new_tokens,
+        )
+        init_cap = self._param.max_new_tokens if self._param.max_new_tokens > 0 else None
+        request_cap = request.max_new_tokens if (request.max_new_tokens or 0) > 0 else None
+        if native_sampling:
+            run.length_cap = request_cap or init_cap
+        else:
+            run.limit = request_cap
+            run.length_cap = min((c for c in (request_cap, init_cap) if c), default=None)
+
+        with self._run_lock:
+            self._current = run
+            skip = run.stop_reason is not None  # aborted between dequeue and here
+        run.started = time.monotonic()
+        status = 0
+        try:
+            if not skip:
+                status = self._fn.rkllm_run(
+                    self._handle, ctypes.byref(rkllm_input), ctypes.byref(infer), None
+                )
+        finally:
+            with self._run_lock:
+                self._current = None
+        ended = time.monotonic()
+        del rkllm_input, infer, sampling, prompt, role  # referenced until here, on purpose
+
+        if configured is not None and self._template_now != configured:
+            status_restore = self._set_template(configured)
+            if status_restore != 0:
+                log.error("could not restore the configured chat template (%d)", status_restore)
+
+        tail = run.stream.finish()
+        if tail:
+            generation._emit(TokenEvent(tail))
+        text = run.stream.text
+        if run.stop_reason is not None:
+            return FinalEvent(text, run.stop_reason, self._stats(run, ended))
+        if status != 0 or run.error_seen:
+            return self._run_error(plan.text, status, text)
+        reason = "length" if run.length_cap and run.tokens >= run.length_cap else "stop"
+        return FinalEvent(text, reason, self._stats(run, ended))
+
+    def _run_error(self, prompt: str, status: int, text: str) -> ErrorEvent:
+        limit = self._param.max_context_len
+        estimate = math.ceil(len(prompt.encode("utf-8")) / 4)
+        if estimate > limit:
+            return ErrorEvent(
+                "context_too_long",
+                f"the prompt is about {estimate} tokens, more than runtime.max_context_len "
+                f"({limit})",
+                text,
+            )
+        detail = f"rkllm_run returned {status}" if status != 0 else "error callback"
+        return ErrorEvent("runtime_error", f"the runtime failed during generation ({detail})", text)
+
+    @staticmethod
+    def _stats(run: _Run, ended: float) -> RunStats:
+        measured_tps = None
+        if run.tokens >= 2 and run.first_token is not None and run.last_token is not None:
+            span = run.last_token - run.first_token
+            measured_tps = (run.tokens - 1) / span if span > 0 else None
+        ttft = (run.first_token - run.started) * 1000 if run.first_token is not None else None
+        total = (ended - run.started) * 1000
+        if run.perf is None:
+            return RunStats(None, run.tokens, ttft, total, measured_tps, None, None, None)
+        prefill_ms, prefill_tokens, generate_ms, generate_tokens, memory_mb = run.perf
+        tps = generate_tokens / (generate_ms / 1000) if generate_ms > 0 else measured_tps
+        return RunStats(prefill_tokens, generate_tokens, ttft, total, tps or measured_tps,
+                        prefill_ms, generate_ms, memory_mb)
+
+    # -- aborting (any thread) -------------------------------------------------------------------
+
+    def _abort(self, generation: Generation, reason: str) -> None:
+        with self._lock:
+            state = generation._state
+            if state == _QUEUED:
+                generation._state = _DONE
+        if state == _QUEUED:
+            generation._finish(FinalEvent("", reason, NO_STATS))
+        elif state == _RUNNING:
+            self._stop(generation._run, reason)
+
+    def _stop(self, run: _Run, reason: str) -> None:
+        """Mark why the run ends (first reason wins) and interrupt the library."""
+        with run.lock:
+            if run.stop_reason is not None:
+                return
+            run.stop_reason = reason
+        if getattr(self._in_callback, "active", False):
+            # Not from inside the library's own call stack: a lock there could deadlock.
+            threading.Thread(target=self._abort_native, args=(run,), name="rkllm-abort",
+                             daemon=True).start()
+        else:
+            self._abort_native(run)
+
+    def _abort_native(self, run: _Run) -> None:
+        with self._run_lock:
+            if self._current is not run or self._handle is None:
+                return  # not inside rkllm_run (yet/anymore): the worker checks stop_reason
+            if run.callbacks == 0:
+                run.abort_before_callback = True
+            status = self._fn.rkllm_abort(self._handle)
+        if status != 0:
+            log.warning("rkllm_abort returned %d", status)
+
+    # -- the native callback (any thread) ---------------------------------------------------------
+
+    def _make_callback(self, module: Any) -> None:
+        returns_int = module.LLMResultCallback._restype_ is ctypes.c_int
+
+        def on_result_int(result: Any, userdata: Any, state: int) -> int:
+            self._on_result(result, state)
+            return 0
+
+        def on_result_void(result: Any, userdata: Any, state: int) -> None:
+            self._on_result(result, state)
+
+        self._callback = module.LLMResultCallback(on_result_int if returns_int else on_result_void)
+        if hasattr(module, "RKLLMCallback"):  # 1.3.0: rkllm_init takes a struct of callbacks
+            self._callback_struct = module.RKLLMCallback()
+            self._callback_struct.result_callback = self._callback
+
+    def _on_result(self, result: Any, state: int) -> None:
+        try:
+            run = self._current
+            if run is None:
+                return
+            self._in_callback.active = True
+            try:
+                self._handle_result(run, result, state)
+            finally:
+                self._in_callback.active = False
+        except Exception:  # an exception must never unwind into the C library
+            log.exception("error in the RKLLM result callback (ignored)")
+
+    def _handle_result(self, run: _Run, result: Any, state: int) -> None:
+        run.callbacks += 1
+        if run.abort_before_callback:  # our abort may have come before the run began: repeat it
+            run.abort_before_callback = False
+            threading.Thread(target=self._abort_native, args=(run,), daemon=True).start()
+        if state == RKLLM_RUN_NORMAL:
+            data = result.contents.text if result else None  # copied now: freed after we return
+            if not data or run.stop_reason is not None:
+                return
+            now = time.monotonic()
+            run.tokens += 1
+            run.last_token = now
+            if run.first_token is None:
+                run.first_token = now
+            piece = run.stream.feed(data)
+            if piece:
+                run.emit(TokenEvent(piece))
+            if run.stream.stopped:
+                self._stop(run, "stop_sequence")
+            elif run.limit is not None and run.tokens >= run.limit:
+                self._stop(run, "length")
+        elif state == RKLLM_RUN_FINISH:
+            if result and has_field(result.contents, "perf"):
+                perf = result.contents.perf
+                run.perf = (perf.prefill_time_ms, perf.prefill_tokens, perf.generate_time_ms,
+                            perf.generate_tokens, perf.memory_usage_mb)
+        elif state == RKLLM_RUN_ERROR:
+            run.error_seen = True
+        # RKLLM_RUN_WAITING (1.1.x): the bytes of an incomplete character came with the NORMAL
+        # callback before it and wait in the UTF-8 decoder; its own text is not used.
+
