@@ -55,8 +55,9 @@
  *   [sim:delay_ms=N]    sleep N ms before each token
  *
  * Abort: rkllm_abort sets the handle's flag (only while a run is inside the library; otherwise it
- * only counts the call and returns 0). The run stops at the next token boundary (or sleep slice)
- * and rkllm_run returns 0 without a FINISH callback. Pause (1.2.1+): a callback returning 1 stops
+ * only counts the call and returns 0; the flag is cleared when the last run leaves). The run stops
+ * at the next token boundary or sleep slice (also when the abort came from inside a callback,
+ * even the last token's) and rkllm_run returns 0 without a FINISH callback. Pause (1.2.1+): a callback returning 1 stops
  * the run; rkllm_run returns 0 without FINISH. Normal end: FINISH callback with text NULL (perf
  * filled on 1.2.1+), then 0. The simulator never serializes runs: concurrent rkllm_run calls on one
  * handle overlap, and "max_concurrent_runs" in rkllm_sim_inspect() shows the most seen at once.
@@ -1022,6 +1023,8 @@ static int sim_stream(SimJob *job) {
             aborted = true;
         }
     }
+    /* An abort asked for during the last token's callback still ends the run without FINISH. */
+    if (!paused && atomic_load(&h->abort_flag)) aborted = true;
     if (!aborted && crash) sim_crash(); /* answer shorter than SIM_CRASH_AFTER tokens */
     bool errored = !aborted && !paused && error_after >= 0;
     double t2 = sim_now_ms();
