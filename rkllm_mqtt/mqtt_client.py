@@ -244,6 +244,11 @@ class MqttClient:
         return self.client.publish(topic, payload, qos=self.qos if qos is None else qos,
                                    retain=retain)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving `topic`, now and after any reconnect."""
+        self.subscriptions = tuple(t for t in self.subscriptions if t != topic)
+        self.client.unsubscribe(topic)
+
     def close(self, *, timeout: float = 5.0) -> None:
         """Publish `offline` (when we own an availability topic), flush, and disconnect.
 

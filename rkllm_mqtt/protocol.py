@@ -382,6 +382,8 @@ class _Fields:
                 raise self._bad(f"messages[{i}]",
                                 "must be {\"role\": system|user|assistant, \"content\": string}")
             out.append(Message(item["role"], item["content"]))
+        if all(m.role == "system" for m in out):
+            raise self._bad("messages", "needs at least one user or assistant message")
         return tuple(out)
 
 

@@ -111,17 +111,20 @@ class RecentIds:
         self.max_entries = max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
 
-    def check_and_add(self, key: str, now: float | None = None) -> bool:
-        """True if `key` was seen within the window (a duplicate); otherwise remember it."""
+    def seen(self, key: str, now: float | None = None) -> bool:
+        """True if `key` was added within the window."""
         now = time.monotonic() if now is None else now
         self._forget_before(now - self.window_s)
-        if key in self._seen:
-            return True
-        if self.window_s > 0:
-            self._seen[key] = now
-            while len(self._seen) > self.max_entries:
-                self._seen.popitem(last=False)
-        return False
+        return key in self._seen
+
+    def add(self, key: str, now: float | None = None) -> None:
+        """Remember `key` (only accepted requests are added: a refused one may be retried)."""
+        if self.window_s <= 0:
+            return
+        self._seen[key] = time.monotonic() if now is None else now
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
 
     def _forget_before(self, cutoff: float) -> None:
         while self._seen:

@@ -55,13 +55,15 @@ def test_equal_items_are_distinct_entries():
 
 def test_recent_ids_window_and_bound():
     r = RecentIds(window_s=10)
-    assert r.check_and_add("x", now=0) is False
-    assert r.check_and_add("x", now=9.9) is True
-    assert r.check_and_add("x", now=10.1) is False  # window passed: new again
+    assert not r.seen("x", now=0)
+    r.add("x", now=0)
+    assert r.seen("x", now=9.9)
+    assert not r.seen("x", now=10.1)  # window passed: new again
     small = RecentIds(window_s=100, max_entries=2)
     for key in ("a", "b", "c"):
-        small.check_and_add(key, now=1)
-    assert small.check_and_add("a", now=2) is False  # evicted by the count bound
-    assert small.check_and_add("c", now=2) is True
+        small.add(key, now=1)
+    assert not small.seen("a", now=2)  # evicted by the count bound
+    assert small.seen("b", now=2) and small.seen("c", now=2)
     off = RecentIds(window_s=0)
-    assert off.check_and_add("x", now=0) is False and off.check_and_add("x", now=0) is False
+    off.add("x", now=0)
+    assert not off.seen("x", now=0)

@@ -1,0 +1,666 @@
+"""The daemon: MQTT in, scheduler, one runtime session, MQTT out; availability, state and HA.
+
+Threads and who owns what:
+- paho's network thread parses each message (`protocol.parse_request`) and puts a call on the inbox;
+- the service loop (one thread) owns the scheduler, conversations, counters and every decision;
+  it also answers rejects, expires deadlines, sends the watchdog pings and publishes `~/state`;
+- the runtime's thread emits events through the `Engine` boundary: tokens are published straight
+  from there (one small JSON and one publish per token, nothing else), finals go to the inbox.
+
+The runtime sits behind `Engine` (commands in, events out, all plain picklable values) so that it
+can later move into a child process, where a crash of the native library becomes a
+`runtime_crashed` reply instead of the end of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+from rkllm_mqtt import __version__
+from rkllm_mqtt.config import RuntimeSettings, Settings
+from rkllm_mqtt.conversations import Conversations, Plan
+from rkllm_mqtt.errors import RkllmMqttError
+from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
+from rkllm_mqtt.protocol import (
+    ErrorCode,
+    Message,
+    Outgoing,
+    Request,
+    RequestPolicy,
+    RequestRejected,
+    final_error,
+    final_ok,
+    parse_abort,
+    parse_request,
+    token_reply,
+)
+from rkllm_mqtt.runtime import (
+    ChatMessage,
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    GenerationRequest,
+    Sampling,
+    Session,
+    TokenEvent,
+)
+from rkllm_mqtt.scheduler import QueueFull, RecentIds, Scheduler
+from rkllm_mqtt.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+LAST_RESPONSE_CHARS = 255  # HA's state limit
+ATTRIBUTES_MAX_BYTES = 16000  # HA's recorder drops attributes over 16384 bytes
+SHUTDOWN_FLUSH_S = 5.0
+
+
+# ----------------------------------------------------------------------------- engine boundary
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    abi: str
+    runtime_version: str | None
+    supports_history: bool
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """One run: clear the KV cache first when the conversation plan says so, then generate."""
+
+    request: GenerationRequest
+    clear_kv: bool = False
+
+
+EngineSink = Callable[[str, Event], None]
+
+
+class Engine(Protocol):
+    """Commands in (`run`, `abort`), events out (the sink: job id + runtime event)."""
+
+    def open(self) -> EngineInfo: ...
+
+    def run(self, job_id: str, command: RunCommand) -> None: ...
+
+    def abort(self, job_id: str, reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessEngine:
+    """The runtime Session in this process; events come from the runtime's threads."""
+
+    def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
+        self._session = Session(settings)
+        self._sink = sink
+        self._generations: dict[str, Any] = {}
+
+    def open(self) -> EngineInfo:
+        s = self._session
+        s.open()
+        return EngineInfo(s.model_name, s.abi, s.runtime_version, s.supports_history)
+
+    def run(self, job_id: str, command: RunCommand) -> None:
+        if command.clear_kv:
+            self._session.clear()
+
+        def sink(event: Event) -> None:
+            if not isinstance(event, TokenEvent):
+                self._generations.pop(job_id, None)
+            self._sink(job_id, event)
+
+        self._generations[job_id] = self._session.generate(command.request, sink)
+
+    def abort(self, job_id: str, reason: str) -> None:
+        generation = self._generations.get(job_id)
+        if generation is not None:
+            generation.abort(reason)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+@dataclass(eq=False)
+class Job:
+    request: Request
+    received: float
+    deadline: float | None
+    new_messages: tuple[Message, ...]
+    plan: Plan | None = None
+    started: float | None = None
+    run_deadline: float | None = None
+    seq: int = 0
+    abort_reason: str | None = None  # why we asked the engine to stop
+    abort_message: str = ""
+
+
+@dataclass
+class _Stats:
+    requests_total: int = 0
+    errors_total: int = 0
+    tokens_per_second: float | None = None
+    ttft_ms: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)  # last answer for ~/last_response
+
+
+class Service:
+    """The whole daemon; `start()` connects and loads the model, `stop()` shuts down cleanly."""
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
+                 engine_factory: Callable[[RuntimeSettings, EngineSink], Engine] = InProcessEngine,
+                 ) -> None:
+        self.settings = settings
+        m = settings.mqtt
+        self.prefix = m.prefix
+        self.topics = {name: f"{m.prefix}/{name}" for name in
+                       ("prompt", "abort", "response", "status", "state", "last_response",
+                        "event")}
+        self.topics["attributes"] = f"{m.prefix}/last_response/attributes"
+        self.policy = RequestPolicy(
+            default_topic=self.topics["response"],
+            allowed_response_topics=m.response_filters,
+            reserved_topics=frozenset(t for k, t in self.topics.items() if k != "response"),
+            max_payload_bytes=settings.limits.max_payload_bytes,
+            max_prompt_chars=settings.limits.max_prompt_chars,
+        )
+        self.notifier = notifier or Notifier({})
+        self._engine = engine_factory(settings.runtime, self._on_engine_event)
+        self._info = EngineInfo(os.path.basename(settings.runtime.model or ""), settings.runtime.abi,
+                                None, False)
+        subscriptions = [self.topics["prompt"], self.topics["abort"]]
+        if settings.homeassistant.discovery:
+            subscriptions.append(settings.homeassistant.status_topic)
+        self.mqtt = MqttClient(m, availability_topic=self.topics["status"],
+                               subscriptions=subscriptions, on_message=self._on_message,
+                               on_connected=lambda: self._post(self._on_connected))
+        q = settings.queue
+        self._scheduler: Scheduler[Job] = Scheduler(q.max_pending)
+        self._recent = RecentIds(q.dedupe_window_s)
+        self._conversations = Conversations(
+            max_conversations=settings.conversation.max_conversations,
+            max_turns=settings.conversation.max_turns,
+            max_chars=settings.conversation.max_chars,
+            kv_cache=False,
+        )
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._running: Job | None = None
+        self._state = "loading"
+        self._stats = _Stats()
+        self._last_state: bytes | None = None
+        self._timers: list[tuple[float, Callable[[], None]]] = []
+        self._stopping = False
+        self._ready = False
+        self._loop_thread: threading.Thread | None = None
+        self._next_ping = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, stop: threading.Event | None = None,
+              connect_attempts: int | None = None) -> None:
+        """Connect (retrying), publish availability/discovery/state, load the model, serve."""
+        self.mqtt.connect(attempts=connect_attempts, stop=stop)
+        self._publish_discovery()
+        self._publish_state(force=True)
+        try:
+            self._info = self._engine.open()
+        except RkllmMqttError:
+            self._state = "error"
+            self._publish_state()
+            self.mqtt.close(timeout=SHUTDOWN_FLUSH_S)
+            raise
+        self._conversations.kv_cache = (self._info.supports_history
+                                        and self.settings.runtime.keep_history)
+        self._state = "idle"
+        self._ready = True
+        log.info("serving %s (RKLLM %s, runtime %s) on %s", self._info.model, self._info.abi,
+                 self._info.runtime_version or "unknown", self.topics["prompt"])
+        self._loop_thread = threading.Thread(target=self._loop, name="rkllm-service", daemon=True)
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        """Stop intake, finish or abort the running request, answer queued ones, go offline."""
+        if self._loop_thread is not None:
+            self._post(self._begin_shutdown)
+            limit = self.settings.queue.request_timeout_s + 10
+            self._loop_thread.join(limit)
+            if self._loop_thread.is_alive():
+                log.error("the running request did not end within %.0f s; closing anyway", limit)
+        try:
+            self.mqtt.close(timeout=SHUTDOWN_FLUSH_S)
+        finally:
+            self._engine.close()
+        log.info("stopped")
+
+    @property
+    def alive(self) -> bool:
+        return self._loop_thread is not None and self._loop_thread.is_alive()
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    # ------------------------------------------------------------------ inputs (paho thread)
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._inbox.put(fn)
+
+    def _on_message(self, msg: InMessage) -> None:
+        if msg.topic == self.topics["prompt"]:
+            try:
+                request = parse_request(msg.payload, self.policy, response_topic=msg.response_topic,
+                                        correlation_data=msg.correlation_data)
+            except RequestRejected as rejected:
+                self._post(partial(self._reject, rejected))
+                return
+            self._post(partial(self._on_request, request, time.monotonic()))
+        elif msg.topic == self.topics["abort"]:
+            self._post(partial(self._on_abort, parse_abort(msg.payload)))
+        elif (msg.topic == self.settings.homeassistant.status_topic and not msg.retain
+              and msg.payload.strip() == b"online"):
+            self._post(self._on_ha_online)
+
+    def _on_engine_event(self, job_id: str, event: Event) -> None:
+        """Runtime thread: publish tokens now; hand the outcome to the loop."""
+        if isinstance(event, TokenEvent):
+            job = self._running
+            if job is not None and job.request.key == job_id and job.request.stream:
+                self.mqtt.publish(token_reply(job.request.target, job.seq, event.text))
+                job.seq += 1
+            return
+        self._post(partial(self._on_outcome, job_id, event))
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        while True:
+            now = time.monotonic()
+            wake = min([1.0] + [t - now for t, _ in self._timers]
+                       + [d - now for d in (self._scheduler.next_deadline(),
+                                            self._running.run_deadline if self._running else None)
+                          if d is not None]
+                       + ([self._next_ping - now] if interval else []))
+            try:
+                fn = self._inbox.get(timeout=max(wake, 0.0))
+            except queue.Empty:
+                fn = None
+            try:
+                if fn is not None:
+                    fn()
+                self._tick(interval)
+            except Exception:  # the loop must outlive any single message
+                log.exception("service loop: unexpected error")
+            if self._stopping and self._running is None and self._inbox.empty():
+                self._publish_state()
+                return
+
+    def _tick(self, watchdog_interval: float | None) -> None:
+        now = time.monotonic()
+        if watchdog_interval and now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + watchdog_interval
+        due = [fn for t, fn in self._timers if t <= now]
+        self._timers = [(t, fn) for t, fn in self._timers if t > now]
+        for fn in due:
+            fn()
+        for job in self._scheduler.expire(now):
+            self._answer_error(job.request, ErrorCode.DEADLINE_EXCEEDED,
+                               f"ttl_s ({job.request.ttl_s:g} s) passed while the request waited",
+                               finish_reason="deadline")
+        job = self._running
+        if job is not None and job.abort_reason is None and job.run_deadline is not None \
+                and now >= job.run_deadline:
+            if job.deadline is not None and job.run_deadline == job.deadline:
+                message = f"ttl_s ({job.request.ttl_s:g} s) passed while the request ran"
+            else:
+                message = (f"the run took longer than queue.request_timeout_s "
+                           f"({self.settings.queue.request_timeout_s:g} s)")
+            self._abort_running("deadline", message)
+        self._dispatch()
+        self._publish_state()
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, request: Request, received: float) -> None:
+        if self._stopping:
+            self._answer_error(request, ErrorCode.ABORTED, "the daemon is shutting down",
+                               finish_reason="abort")
+            return
+        key = request.key
+        running = self._running is not None and self._running.request.key == key
+        if request.client_id_given and (running or key in self._scheduler or
+                                        self._recent.seen(key, received)):
+            log.info("duplicate request id %r ignored (already answered or in progress)", key)
+            return
+        new = request.messages or (Message("user", request.prompt or ""),)
+        deadline = received + request.ttl_s if request.ttl_s is not None else None
+        job = Job(request, received, deadline, new)
+        try:
+            self._scheduler.submit(key, job, priority=request.priority, deadline=deadline)
+        except QueueFull as err:
+            self._answer_error(request, ErrorCode.QUEUE_FULL, str(err))
+            return
+        if request.client_id_given:
+            self._recent.add(key, received)
+
+    def _reject(self, rejected: RequestRejected) -> None:
+        log.info("rejected request %r: %s: %s", rejected.target.id, rejected.code, rejected.message)
+        self._finish_reply(final_error(rejected.target, rejected.code, rejected.message),
+                           rejected.target.id, error=(rejected.code, rejected.message))
+
+    def _on_abort(self, key: str | None) -> None:
+        job = self._running
+        if job is not None and (key is None or job.request.key == key):
+            self._abort_running("abort", "aborted on request")
+            return
+        if key is None:
+            log.info("abort: nothing is running")
+            return
+        queued = self._scheduler.cancel(key)
+        if queued is None:
+            log.info("abort: no queued or running request %r", key)
+            return
+        self._answer_error(queued.request, ErrorCode.ABORTED, "aborted on request before it ran",
+                           finish_reason="abort")
+
+    def _abort_running(self, reason: str, message: str) -> None:
+        job = self._running
+        if job is None or job.abort_reason is not None:
+            return
+        job.abort_reason, job.abort_message = reason, message
+        log.info("aborting %r: %s", job.request.key, message)
+        self._engine.abort(job.request.key, reason)
+
+    def _dispatch(self) -> None:
+        if self._running is not None or not self._ready or self._stopping:
+            return
+        job = self._scheduler.pop()
+        if job is None:
+            return
+        request = job.request
+        plan = self._conversations.plan(request.conversation, job.new_messages, request.system)
+        job.plan = plan
+        job.started = now = time.monotonic()
+        timeout_at = now + self.settings.queue.request_timeout_s
+        job.run_deadline = min(timeout_at, job.deadline) if job.deadline else timeout_at
+        generation = GenerationRequest(
+            messages=tuple(ChatMessage(m.role, m.content) for m in plan.messages),
+            system=None if plan.continues_kv else plan.system,
+            keep_history=plan.keep_history,
+            max_new_tokens=request.max_new_tokens,
+            sampling=Sampling(top_k=request.top_k, top_p=request.top_p,
+                              temperature=request.temperature),
+            stop=request.stop,
+        )
+        self._running = job
+        self._state = "generating"
+        try:
+            self._engine.run(request.key, RunCommand(generation, plan.clear_kv))
+        except (RkllmMqttError, ValueError) as err:
+            self._on_outcome(request.key, ErrorEvent("runtime_error", str(err)))
+
+    def _on_outcome(self, job_id: str, event: FinalEvent | ErrorEvent) -> None:
+        job = self._running
+        if job is None or job.request.key != job_id:
+            log.warning("outcome for %r, which is not running; ignored", job_id)
+            return
+        self._running = None
+        self._state = "idle"
+        now = time.monotonic()
+        request, target = job.request, job.request.target
+        plan = job.plan
+        if isinstance(event, ErrorEvent):
+            self._conversations.finished(request.conversation, job.new_messages, request.system, None)
+            code = (ErrorCode(event.code) if event.code in ErrorCode.__members__.values()
+                    else ErrorCode.RUNTIME_ERROR)
+            self._answer_error(request, code, event.message, finish_reason="error",
+                               text=event.text or None)
+            return
+        stats = event.stats
+        usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
+        timing = {
+            "queue_ms": _ms(job.started - job.received if job.started else 0.0),
+            "ttft_ms": _round(stats.ttft_ms),
+            "total_ms": _ms(now - job.received),
+            "tokens_per_s": _round(stats.tokens_per_s),
+        }
+        if event.finish_reason in ("abort", "deadline"):
+            self._conversations.finished(request.conversation, job.new_messages, request.system, None)
+            code = ErrorCode.DEADLINE_EXCEEDED if event.finish_reason == "deadline" else ErrorCode.ABORTED
+            self._answer_error(request, code, job.abort_message or "aborted",
+                               finish_reason=event.finish_reason, text=event.text, usage=usage,
+                               timing=timing)
+            return
+        self._conversations.finished(request.conversation, job.new_messages,
+                                     plan.system if plan else request.system, event.text)
+        self._stats.tokens_per_second = timing["tokens_per_s"]
+        self._stats.ttft_ms = timing["ttft_ms"]
+        self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing), target.id)
+        self._publish_last_response(target.id, event.text, event.finish_reason, usage, timing)
+        self._publish_event({"event_type": "completed", "id": target.id,
+                             "finish_reason": event.finish_reason, "usage": usage,
+                             "timing": timing}, text=event.text)
+
+    # ------------------------------------------------------------------ replies and outputs
+
+    def _answer_error(self, request: Request, code: ErrorCode, message: str, *,
+                      finish_reason: str | None = None, text: str | None = None,
+                      usage: dict[str, Any] | None = None,
+                      timing: dict[str, Any] | None = None) -> None:
+        out = final_error(request.target, code, message, finish_reason=finish_reason, text=text,
+                          usage=usage, timing=timing)
+        self._finish_reply(out, request.id, error=(code, message))
+
+    def _finish_reply(self, out: Outgoing, request_id: Any,
+                      error: tuple[ErrorCode, str] | None = None) -> None:
+        """Publish a final reply and account for it (counters, `~/event` for errors)."""
+        self.mqtt.publish(out)
+        self._stats.requests_total += 1
+        if error is None:
+            return
+        code, message = error
+        if code is ErrorCode.ABORTED:
+            self._publish_event({"event_type": "aborted", "id": request_id, "message": message})
+        else:
+            self._stats.errors_total += 1
+            self._publish_event({"event_type": "error", "id": request_id, "code": str(code),
+                                 "message": message})
+
+    def _publish_event(self, payload: dict[str, Any], *, text: str | None = None) -> None:
+        data = _bounded_json(payload, text) if text is not None else _json(payload)
+        self.mqtt.publish_raw(self.topics["event"], data)
+
+    def _publish_last_response(self, request_id: Any, text: str, finish_reason: str,
+                               usage: dict[str, Any], timing: dict[str, Any]) -> None:
+        short = text if len(text) <= LAST_RESPONSE_CHARS else text[:LAST_RESPONSE_CHARS - 1] + "…"
+        attributes = _bounded_json({"id": request_id, "finish_reason": finish_reason,
+                                    "usage": usage, "timing": timing}, text)
+        self._stats.last = {"state": short.encode("utf-8"), "attributes": attributes}
+        self._publish_last()
+
+    def _publish_last(self) -> None:
+        last = self._stats.last
+        if last:
+            self.mqtt.publish_raw(self.topics["last_response"], last["state"], retain=True)
+            self.mqtt.publish_raw(self.topics["attributes"], last["attributes"], retain=True)
+
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            "state": self._state,
+            "busy": self._running is not None,
+            "queue": len(self._scheduler),
+            "model": self._info.model,
+            "runtime_version": self._info.runtime_version,
+            "abi": self._info.abi,
+            "tokens_per_second": self._stats.tokens_per_second,
+            "ttft_ms": self._stats.ttft_ms,
+            "requests_total": self._stats.requests_total,
+            "errors_total": self._stats.errors_total,
+        }
+
+    def _publish_state(self, *, force: bool = False) -> None:
+        payload = _json(self.state_payload())
+        if force or payload != self._last_state:
+            self._last_state = payload
+            self.mqtt.publish_raw(self.topics["state"], payload, retain=True)
+
+    def _publish_discovery(self) -> None:
+        ha = self.settings.homeassistant
+        from rkllm_mqtt.discovery import build_discovery, discovery_topic
+
+        topic = discovery_topic(self.settings)
+        if ha.discovery:
+            payload = _json(build_discovery(self.settings, model=self._info.model or None))
+            self.mqtt.publish_raw(topic, payload, qos=1, retain=True)
+        else:
+            self.mqtt.publish_raw(topic, b"", qos=1, retain=True)
+
+    def _on_connected(self) -> None:
+        """After every (re)connect: the broker may have lost our retained topics."""
+        self._publish_discovery()
+        self._publish_state(force=True)
+        self._publish_last()
+
+    def _on_ha_online(self) -> None:
+        delay = random.uniform(0, self.settings.homeassistant.rediscovery_delay_max_s)
+        log.info("Home Assistant came online; re-sending discovery in %.1f s", delay)
+        self._timers.append((time.monotonic() + delay, self._on_connected))
+
+    def _begin_shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.mqtt.unsubscribe(self.topics["prompt"])
+        for job in self._scheduler.drain():
+            self._answer_error(job.request, ErrorCode.ABORTED,
+                               "the daemon is shutting down; the request did not run",
+                               finish_reason="abort")
+        if self._running is not None:
+            if self.settings.queue.on_shutdown == "abort":
+                self._abort_running("abort", "the daemon is shutting down")
+            else:
+                log.info("finishing %r before shutting down", self._running.request.key)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _bounded_json(obj: dict[str, Any], text: str, limit: int = ATTRIBUTES_MAX_BYTES) -> bytes:
+    """`obj` plus "text" and "truncated", the text cut so the whole JSON stays under `limit`."""
+    data = _json({**obj, "text": text, "truncated": False})
+    if len(data) <= limit:
+        return data
+    cut = text
+    while len(data) > limit and cut:
+        over = len(data) - limit
+        cut = cut[:max(0, len(cut) - max(over // 4, 1))]  # ≤ 4 bytes (and escapes) per character
+        data = _json({**obj, "text": cut, "truncated": True})
+    return data
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_service(settings: Settings, *, notifier: Notifier | None = None) -> int:
+    """`rkllm-mqtt run`: serve until SIGTERM/SIGINT; expected failures raise RkllmMqttError."""
+    notifier = notifier or Notifier()
+    stop = threading.Event()
+    signals = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+        log.info("%s received: stopping", signals.get(signum, signum))
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        log.info("rkllm-mqtt %s starting (node %s, broker %s:%d)", __version__,
+                 settings.mqtt.node_id, settings.mqtt.host, settings.mqtt.port)
+        service = Service(settings, notifier=notifier)
+        notifier.status("connecting to the MQTT broker")
+        try:
+            service.start(stop=stop)
+        except MqttConnectError:
+            if stop.is_set():
+                log.info("stopped before the broker answered")
+                return 0
+            raise
+        if stop.is_set():
+            notifier.stopping()
+            service.stop()
+            return 0
+        notifier.ready(f"serving {service.info.model} on {service.topics['prompt']}")
+        while not stop.wait(0.5):
+            if not service.alive:
+                log.error("the service loop ended unexpectedly")
+                break
+        notifier.stopping()
+        service.stop()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _one_shot_client(settings: Settings, suffix: str) -> MqttClient:
+    client = MqttClient(settings.mqtt, client_id=f"{settings.mqtt.effective_client_id}-{suffix}")
+    client.connect(attempts=3)
+    return client
+
+
+def publish_discovery(settings: Settings) -> int:
+    """`rkllm-mqtt discovery`: publish the retained device discovery once."""
+    from rkllm_mqtt.discovery import build_discovery, discovery_topic
+
+    client = _one_shot_client(settings, "discovery")
+    try:
+        model = os.path.basename(settings.runtime.model or "") or None
+        info = client.publish_raw(discovery_topic(settings),
+                                  _json(build_discovery(settings, model=model)), qos=1, retain=True)
+        info.wait_for_publish(10)
+    finally:
+        client.close()
+    print(f"published {discovery_topic(settings)}")
+    return 0
+
+
+def remove_discovery(settings: Settings) -> int:
+    """`rkllm-mqtt discovery --remove`: clear the retained discovery so HA forgets the device."""
+    from rkllm_mqtt.discovery import discovery_topic
+
+    client = _one_shot_client(settings, "discovery")
+    try:
+        info = client.publish_raw(discovery_topic(settings), b"", qos=1, retain=True)
+        info.wait_for_publish(10)
+    finally:
+        client.close()
+    print(f"removed {discovery_topic(settings)}")
+    return 0
