@@ -946,6 +946,33 @@ static void sim_crash(void) {
     abort();
 }
 
+/* How a run ended, into the record and the simulated KV cache ("history"). */
+static void sim_record_end(SimJob *job, int generated, bool aborted, bool paused, bool errored,
+                           const char *answer, size_t answer_len) {
+    SimHandle *h = job->h;
+    pthread_mutex_lock(&h->mu);
+    h->run.generated_tokens = generated;
+    h->run.aborted = aborted;
+    h->run.paused = paused;
+    h->run.finished = !aborted && !paused && !errored;
+    if (SIM_HAS_1_2_0 && job->keep_history == 1) {
+        if (!errored) {
+            history_add(h, job->prompt, strlen(job->prompt));
+            history_add(h, answer ? answer : "", answer_len);
+        }
+    } else {
+        history_clear(h);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* A run that fails before its first token: ERROR callback, -1. */
+static int sim_reject(SimJob *job, const char *why) {
+    int ret = sim_fail_run(job->h, job->userdata, why);
+    sim_record_end(job, 0, false, false, true, NULL, 0);
+    return ret;
+}
+
 /* Everything between prefill and the return value of rkllm_run. */
 static int sim_stream(SimJob *job) {
     SimHandle *h = job->h;
@@ -957,18 +984,17 @@ static int sim_stream(SimJob *job) {
     long delay_ms = sim_directive_value(prompt, "delay_ms");
 
     if (job->mode != RKLLM_INFER_GENERATE)
-        return sim_fail_run(h, job->userdata, "the simulator only implements RKLLM_INFER_GENERATE");
+        return sim_reject(job, "the simulator only implements RKLLM_INFER_GENERATE");
     if (sim_directive(prompt, "error") || (fail && strcmp(fail, "run") == 0))
-        return sim_fail_run(h, job->userdata, "simulated run error");
+        return sim_reject(job, "simulated run error");
 
     int context = h->param.max_context_len > 0 ? h->param.max_context_len : h->model_max_context;
-    size_t prompt_bytes = strlen(prompt);
-    long prompt_tokens = (long)((prompt_bytes + 3) / 4);
+    long prompt_tokens = (long)((strlen(prompt) + 3) / 4);
     if (prompt_tokens > context) {
         char why[128];
         snprintf(why, sizeof why, "prompt tokens(%ld) is greater than max context(%d)",
                  prompt_tokens, context);
-        return sim_fail_run(h, job->userdata, why);
+        return sim_reject(job, why);
     }
 
     double prefill_tps = 0, decode_tps = 0;
@@ -1050,20 +1076,7 @@ static int sim_stream(SimJob *job) {
 #endif
     }
 
-    pthread_mutex_lock(&h->mu);
-    h->run.generated_tokens = generated;
-    h->run.aborted = aborted;
-    h->run.paused = paused;
-    h->run.finished = !aborted && !paused && !errored;
-    if (SIM_HAS_1_2_0 && job->keep_history == 1) {
-        if (!errored) {
-            history_add(h, prompt, strlen(prompt));
-            history_add(h, ans.text.data ? ans.text.data : "", emitted);
-        }
-    } else {
-        history_clear(h);
-    }
-    pthread_mutex_unlock(&h->mu);
+    sim_record_end(job, generated, aborted, paused, errored, ans.text.data, emitted);
     answer_free(&ans);
     return ret;
 }
@@ -1150,29 +1163,24 @@ static int sim_run(SimHandle *h, RKLLMInput *input, RKLLMInferParam *infer, void
     r->callback_thread = on_thread;
     pthread_mutex_unlock(&h->mu);
 
+    /* Token and embedding input carry no text; they are answered as an empty prompt. */
+    bool has_text = input && (input->input_type == RKLLM_INPUT_PROMPT ||
+                              input->input_type == RKLLM_INPUT_MULTIMODAL);
+    job.prompt = has_text ? prompt : "";
     int ret;
+    pthread_t t;
     if (!input) {
         sim_log("E rkllm: rkllm_input is NULL");
         ret = -1;
-    } else if (input->input_type != RKLLM_INPUT_PROMPT && input->input_type != RKLLM_INPUT_MULTIMODAL) {
-        /* Token and embedding input carry no text; answer as for an empty prompt. */
-        job.prompt = "";
+    } else if (!job.prompt) {
+        ret = sim_reject(&job, "prompt is NULL");
+    } else if (!on_thread) {
         ret = sim_stream(&job);
-    } else if (!prompt) {
-        ret = sim_fail_run(h, job.userdata, "prompt is NULL");
+    } else if (pthread_create(&t, NULL, sim_stream_thread, &job) != 0) {
+        ret = sim_reject(&job, "failed to start the callback thread");
     } else {
-        job.prompt = prompt;
-        if (on_thread) {
-            pthread_t t;
-            if (pthread_create(&t, NULL, sim_stream_thread, &job) != 0) {
-                ret = sim_fail_run(h, job.userdata, "failed to start the callback thread");
-            } else {
-                pthread_join(t, NULL);
-                ret = job.ret;
-            }
-        } else {
-            ret = sim_stream(&job);
-        }
+        pthread_join(t, NULL);
+        ret = job.ret;
     }
     pthread_mutex_lock(&h->mu);
     h->run.ret = ret;

@@ -260,10 +260,15 @@ class Sim:
         enable_thinking: bool = False,
         userdata: int | None = None,
         use_async: bool = False,
+        multimodal: bool = False,
     ) -> int:
         inp = self.t.Input()
-        inp.input_type = 0
-        inp.u.prompt_input = prompt
+        if multimodal:
+            inp.input_type = 3
+            inp.u.multimodal_input.prompt = prompt
+        else:
+            inp.input_type = 0
+            inp.u.prompt_input = prompt
         if self.family >= 3:
             inp.role = role
             inp.enable_thinking = enable_thinking
@@ -593,6 +598,19 @@ def _incomplete_tail(chunk: bytes) -> int:
         need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
         return need if need > back else 0
     return 0
+
+
+def test_multimodal_prompt_is_answered(sim: Sim) -> None:
+    assert sim.run(b"<image> what is this", multimodal=True) == 0
+    assert b"".join(sim.texts()).decode() == expected_answer("<image> what is this")
+    run = sim.inspect()["run"]
+    assert (run["input_type"], run["prompt"]) == (3, "<image> what is this")
+
+
+def test_null_prompt_is_an_error(sim: Sim) -> None:
+    assert sim.run(None) == -1
+    assert sim.states() == [ERROR]
+    assert sim.inspect()["run"]["prompt"] is None
 
 
 def test_multibyte_characters_are_split_across_callbacks(sim: Sim) -> None:
@@ -946,6 +964,15 @@ def test_keep_history_and_clear_kv_cache(sim: Sim) -> None:
 
     assert sim.run(b"kept", keep_history=1) == 0
     assert sim.run(b"alone", keep_history=0) == 0
+    assert sim.inspect()["history"] == []
+
+
+@_only("1.2.0", "1.2", "1.3")
+def test_failed_run_without_keep_history_empties_the_cache(sim: Sim) -> None:
+    assert sim.run(b"first", keep_history=1) == 0
+    assert sim.run(b"[sim:error]", keep_history=1) == -1
+    assert sim.inspect()["history"] == ["first", expected_answer("first")]
+    assert sim.run(b"[sim:error]", keep_history=0) == -1
     assert sim.inspect()["history"] == []
 
 
