@@ -80,7 +80,7 @@ def library_file(lib: ctypes.CDLL, path: str) -> str:
     return path
 
 
-def symbol_family(lib: ctypes.CDLL) -> str:
+def symbol_family(lib: ctypes.CDLL, file: str) -> str:
     """"1.1", "1.2.0" or "1.2+" (1.2.1-1.3.0) from the exported names alone."""
 
     def exports(name: str) -> bool:
@@ -90,6 +90,11 @@ def symbol_family(lib: ctypes.CDLL) -> str:
             return False
         return True
 
+    if not exports("rkllm_init") or not exports("rkllm_run"):
+        raise RuntimeLoadError(
+            f"{file} is not an RKLLM runtime (it does not export rkllm_init/rkllm_run); "
+            "check runtime.library"
+        )
     if not exports("rkllm_set_chat_template"):
         return "1.1"
     if not exports("rkllm_set_function_tools"):
@@ -128,7 +133,7 @@ def family_of_version(version: str) -> str | None:
 def _evidence(lib: ctypes.CDLL, file: str) -> tuple[str, str | None, set[str]]:
     """(symbol family, the one labelled version or None, all labelled versions)."""
     versions = runtime_versions(file)
-    return symbol_family(lib), (next(iter(versions)) if len(versions) == 1 else None), versions
+    return symbol_family(lib, file), (next(iter(versions)) if len(versions) == 1 else None), versions
 
 
 def _detect(lib: ctypes.CDLL, file: str) -> tuple[str, str | None]:

@@ -70,6 +70,7 @@ Sink = Callable[[Event], None]
 T = TypeVar("T")
 
 _QUEUED, _RUNNING, _DONE = "queued", "running", "done"
+_ABORT_FROM_CALLBACK_WAIT_S = 0.2
 
 
 class _Run:
@@ -505,11 +506,26 @@ class Session:
                 return
             run.stop_reason = reason
         if getattr(self._in_callback, "active", False):
-            # Not from inside the library's own call stack: a lock there could deadlock.
-            threading.Thread(target=self._abort_native, args=(run,), name="rkllm-abort",
-                             daemon=True).start()
+            self._abort_from_callback(run)
         else:
             self._abort_native(run)
+
+    def _abort_from_callback(self, run: _Run) -> None:
+        """rkllm_abort on a helper thread, waiting briefly so the run stops at this token.
+
+        Calling into the library from inside its own callback could deadlock on a lock it holds
+        around the callback; from another thread the worst case is that the abort lands once the
+        callback has returned. The bounded wait makes the usual case exact: the flag is set
+        before the library looks at it for the next token.
+        """
+        done = threading.Event()
+
+        def abort() -> None:
+            self._abort_native(run)
+            done.set()
+
+        threading.Thread(target=abort, name="rkllm-abort", daemon=True).start()
+        done.wait(_ABORT_FROM_CALLBACK_WAIT_S)
 
     def _abort_native(self, run: _Run) -> None:
         with self._run_lock:
@@ -555,7 +571,7 @@ class Session:
         run.callbacks += 1
         if run.abort_before_callback:  # our abort may have come before the run began: repeat it
             run.abort_before_callback = False
-            threading.Thread(target=self._abort_native, args=(run,), daemon=True).start()
+            self._abort_from_callback(run)
         if state == RKLLM_RUN_NORMAL:
             data = result.contents.text if result else None  # copied now: freed after we return
             if not data or run.stop_reason is not None:

@@ -1,0 +1,114 @@
+"""The pure parts of a run: message rendering, prompt planning, UTF-8 and stop-sequence stream."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from rkllm_mqtt.runtime import ChatMessage, render_messages
+from rkllm_mqtt.runtime.common import check_layout
+from rkllm_mqtt.runtime.prompt import Template, TemplateConfig, plan_prompt
+from rkllm_mqtt.runtime.stream import TextStream
+
+
+def test_single_user_message_is_passed_as_is() -> None:
+    assert render_messages([ChatMessage("user", "Hi there")], None) == (None, "Hi there")
+
+
+def test_system_messages_join_the_system_text() -> None:
+    system, prompt = render_messages(
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], "You are a bot."
+    )
+    assert (system, prompt) == ("You are a bot.\n\nBe brief.", "Hi")
+
+
+def test_several_turns_become_a_transcript() -> None:
+    messages = [ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"),
+                ChatMessage("tool", "22 °C"), ChatMessage("user", "Thanks")]
+    assert render_messages(messages, None) == (
+        None, "User: Hi\nAssistant: Hello!\nTool: 22 °C\nUser: Thanks")
+
+
+def test_nothing_to_ask_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        render_messages([ChatMessage("system", "only a system prompt")], None)
+
+
+FULL = TemplateConfig("<s>", "<u>", "</u>")
+
+
+@pytest.mark.parametrize(("config", "system", "native", "text", "template"), [
+    (TemplateConfig(), None, True, "q", None),
+    (TemplateConfig(), "S", True, "S\n\nq", None),
+    (TemplateConfig("C"), None, True, "C\n\nq", None),
+    (TemplateConfig("C"), "S", True, "S\n\nq", None),
+    (FULL, None, True, "q", None),
+    (FULL, "S", True, "q", Template("S", "<u>", "</u>")),
+    (TemplateConfig(None, "<u>", None), "S", True, "S\n\nq", None),
+    (TemplateConfig(), None, False, "q", None),
+    (TemplateConfig(), "S", False, "S\n\nq", None),
+    (FULL, None, False, "<s><u>q</u>", None),
+    (FULL, "S", False, "S<u>q</u>", None),
+])
+def test_plan_prompt(config: TemplateConfig, system: str | None, native: bool, text: str,
+                     template: Template | None) -> None:
+    plan = plan_prompt(config, system, "q", native_template=native)
+    assert (plan.text, plan.template) == (text, template)
+
+
+def test_configured_template_needs_prefix_or_postfix() -> None:
+    assert TemplateConfig("sys").native() is None
+    assert TemplateConfig(None, "<u>", None).native() == Template("", "<u>", "")
+
+
+def feed_all(stream: TextStream, chunks: list[bytes]) -> list[str]:
+    pieces = [stream.feed(chunk) for chunk in chunks]
+    pieces.append(stream.finish())
+    return [p for p in pieces if p]
+
+
+def test_multibyte_characters_are_reassembled() -> None:
+    data = "a🙂b你".encode()
+    stream = TextStream()
+    pieces = feed_all(stream, [data[i : i + 1] for i in range(len(data))])
+    assert pieces == ["a", "🙂", "b", "你"]
+    assert stream.text == "a🙂b你"
+
+
+def test_dangling_partial_character_becomes_a_replacement_at_the_end() -> None:
+    stream = TextStream()
+    assert feed_all(stream, [b"ok", "你".encode()[:2]]) == ["ok", "\ufffd"]
+
+
+def test_stop_sequence_across_chunks_is_cut_and_never_streamed() -> None:
+    stream = TextStream(("STOP",))
+    pieces = feed_all(stream, [b"abc S", b"T", b"OP and more"])
+    assert pieces == ["abc "]
+    assert stream.stopped and stream.text == "abc "
+    assert stream.feed(b"later") == ""
+
+
+def test_held_text_is_released_when_it_is_not_a_stop_sequence() -> None:
+    stream = TextStream(("STOP",))
+    assert stream.feed(b"xST") == "x"
+    assert stream.feed(b"ay") == "STay"
+    assert stream.feed(b"ST") == ""
+    assert stream.finish() == "ST"
+    assert stream.text == "xSTayST" and not stream.stopped
+
+
+def test_earliest_of_several_stop_sequences_wins() -> None:
+    stream = TextStream(("world", "lo w", ""))
+    assert feed_all(stream, [b"hello world"]) == ["hel"]
+
+
+def test_layout_check_refuses_a_wrong_mirror() -> None:
+    class Wrong(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_int32), ("b", ctypes.c_float)]
+
+    check_layout("test", {Wrong: 8}, {(Wrong, "b"): 4})
+    with pytest.raises(ImportError, match=r"sizeof\(Wrong\) = 8, header says 12"):
+        check_layout("test", {Wrong: 12}, {})
+    with pytest.raises(ImportError, match=r"offsetof\(Wrong, b\) = 4, header says 8"):
+        check_layout("test", {}, {(Wrong, "b"): 8})
