@@ -1,0 +1,109 @@
+"""RKLLM over MQTT: a local LLM daemon on a Rockchip NPU as an Assist agent and an action."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import voluptuous as vol
+from homeassistant.components import mqtt
+from homeassistant.config_entries import ConfigEntry, ConfigEntryState
+from homeassistant.const import Platform
+from homeassistant.core import HomeAssistant, ServiceCall, ServiceResponse, SupportsResponse
+from homeassistant.exceptions import ConfigEntryNotReady, ServiceValidationError
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.typing import ConfigType
+
+from .client import RkllmClient
+from .const import (
+    ATTR_CONFIG_ENTRY,
+    ATTR_PROMPT,
+    ATTR_SYSTEM,
+    CONF_BASE_TOPIC,
+    CONF_MAX_NEW_TOKENS,
+    CONF_NODE_ID,
+    CONF_TEMPERATURE,
+    CONF_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DOMAIN,
+    SERVICE_GENERATE,
+    reply_topic,
+)
+
+RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
+
+PLATFORMS = (Platform.CONVERSATION,)
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+GENERATE_SCHEMA = vol.Schema(
+    {
+        vol.Required(ATTR_PROMPT): cv.string,
+        vol.Optional(ATTR_SYSTEM): cv.string,
+        vol.Optional(CONF_MAX_NEW_TOKENS): vol.All(vol.Coerce(int), vol.Range(min=1)),
+        vol.Optional(CONF_TEMPERATURE): vol.All(vol.Coerce(float), vol.Range(min=0.0, max=2.0)),
+        vol.Optional(ATTR_CONFIG_ENTRY): cv.string,
+    }
+)
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the action once, whatever number of daemons is configured."""
+
+    async def async_generate(call: ServiceCall) -> ServiceResponse:
+        entry = _entry_for_call(hass, call.data.get(ATTR_CONFIG_ENTRY))
+        options = entry.options
+        result = await entry.runtime_data.async_generate(
+            prompt=call.data[ATTR_PROMPT],
+            system=call.data.get(ATTR_SYSTEM),
+            max_new_tokens=call.data.get(CONF_MAX_NEW_TOKENS, options.get(CONF_MAX_NEW_TOKENS)),
+            temperature=call.data.get(CONF_TEMPERATURE, options.get(CONF_TEMPERATURE)),
+            # Automations wait behind voice requests on the daemon, never in front of them.
+            priority="background",
+            timeout=float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
+        )
+        return result.as_dict()
+
+    hass.services.async_register(
+        DOMAIN, SERVICE_GENERATE, async_generate, schema=GENERATE_SCHEMA,
+        supports_response=SupportsResponse.ONLY,
+    )
+    return True
+
+
+def _entry_for_call(hass: HomeAssistant, entry_id: str | None) -> RkllmConfigEntry:
+    """The daemon an action call names, or the only one there is."""
+    if entry_id is None:
+        loaded = hass.config_entries.async_loaded_entries(DOMAIN)
+        if len(loaded) == 1:
+            return loaded[0]
+        if not loaded:
+            raise ServiceValidationError("No RKLLM daemon is set up.")
+        raise ServiceValidationError("Several RKLLM daemons are set up: choose one with config_entry.")
+    entry = hass.config_entries.async_get_entry(entry_id)
+    if entry is None or entry.domain != DOMAIN:
+        raise ServiceValidationError(f"{entry_id} is not an RKLLM daemon's config entry.")
+    if entry.state is not ConfigEntryState.LOADED:
+        raise ServiceValidationError(f"The RKLLM daemon {entry.title} is not loaded.")
+    return entry
+
+
+async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
+    """Follow one daemon: its status and this entry's reply topic, then the conversation agent."""
+    if not await mqtt.async_wait_for_mqtt_client(hass):
+        raise ConfigEntryNotReady("MQTT is not connected")
+    base_topic = entry.data[CONF_BASE_TOPIC]
+    client = RkllmClient(
+        hass,
+        base_topic=base_topic,
+        node_id=entry.data[CONF_NODE_ID],
+        reply_topic=reply_topic(base_topic, entry.entry_id),
+    )
+    await client.async_start()
+    entry.async_on_unload(client.async_stop)
+    entry.runtime_data = client
+    # Options are read at every request, so changing them needs no reload.
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    return True
+
+
+async def async_unload_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
+    return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)

@@ -1,0 +1,272 @@
+"""Request/reply plumbing to one daemon, over Home Assistant's own MQTT client.
+
+One reply topic per config entry is subscribed at setup (HA sends SUBSCRIBEs after a debounce, so a
+per-request subscription would lose the first replies); replies are routed to the waiting request
+by their `id`. The daemon's retained `~/status` drives availability, and a daemon that goes offline
+fails its pending requests at once instead of letting them run into the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from homeassistant.components import mqtt
+from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.exceptions import HomeAssistantError
+
+from .const import LOGGER, STATUS_ONLINE, status_topic
+
+# Put into a pending request's queue when the daemon goes offline or the entry unloads.
+_GONE: dict[str, Any] = {"type": "_gone"}
+
+
+class RkllmError(HomeAssistantError):
+    """A failure the user sees as one sentence (Assist speaks it, an action call shows it)."""
+
+
+class DaemonOfflineError(RkllmError):
+    """The daemon's status is not `online`, or it went offline while answering."""
+
+
+class DaemonTimeoutError(RkllmError):
+    """No final reply within the timeout; the request was aborted on the daemon."""
+
+
+class DaemonReplyError(RkllmError):
+    """The daemon answered with an error, or stopped before the answer was finished."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """The daemon's final `ok` reply: what the action returns."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, Any]
+    timing: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage,
+                "timing": self.timing}
+
+
+class RkllmClient:
+    """One daemon (`<base_topic>/<node_id>`) as seen from Home Assistant."""
+
+    def __init__(self, hass: HomeAssistant, *, base_topic: str, node_id: str, reply_topic: str) -> None:
+        self.hass = hass
+        self.node_id = node_id
+        self.prefix = f"{base_topic}/{node_id}"
+        self.reply_topic = reply_topic
+        self.online = False
+        self._status_topic = status_topic(base_topic, node_id)
+        self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._unsubscribe: list[CALLBACK_TYPE] = []
+
+    async def async_start(self) -> None:
+        """Subscribe to the daemon's status and to this entry's reply topic."""
+        self._unsubscribe = [
+            await mqtt.async_subscribe(self.hass, self._status_topic, self._on_status, qos=1),
+            await mqtt.async_subscribe(self.hass, self.reply_topic, self._on_reply, qos=1),
+        ]
+
+    @callback
+    def async_stop(self) -> None:
+        """Unsubscribe and fail whatever is still waiting (the entry is unloading)."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        self._fail_pending()
+
+    @callback
+    def async_add_listener(self, update: Callable[[], None]) -> CALLBACK_TYPE:
+        """Call `update` whenever `online` changes; returns the function that removes it."""
+        self._listeners.append(update)
+        return lambda: self._listeners.remove(update)
+
+    @callback
+    def _on_status(self, msg: mqtt.ReceiveMessage) -> None:
+        online = msg.payload == STATUS_ONLINE
+        if online == self.online:
+            return
+        self.online = online
+        LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
+        if not online:
+            self._fail_pending()
+        for update in list(self._listeners):
+            update()
+
+    @callback
+    def _on_reply(self, msg: mqtt.ReceiveMessage) -> None:
+        try:
+            reply = json.loads(msg.payload)
+        except ValueError:
+            LOGGER.warning("Ignoring a reply on %s that is not JSON: %.200s", msg.topic, msg.payload)
+            return
+        if not isinstance(reply, dict):
+            LOGGER.warning("Ignoring a reply on %s that is not an object: %.200s", msg.topic, msg.payload)
+            return
+        queue = self._pending.get(str(reply.get("id")))
+        if queue is None:
+            # A reply to a request this Home Assistant gave up on (timeout, restart): nothing waits.
+            LOGGER.debug("Ignoring a reply for no pending request: %.200s", msg.payload)
+            return
+        queue.put_nowait(reply)
+
+    @callback
+    def _fail_pending(self) -> None:
+        for queue in self._pending.values():
+            queue.put_nowait(_GONE)
+
+    def generate(
+        self,
+        *,
+        timeout: float,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        system: str | None = None,
+        conversation: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        priority: str | None = None,
+        stream: bool = True,
+    ) -> Generation:
+        """A request, sent when iteration starts; fields left None are the daemon's defaults."""
+        request: dict[str, Any] = {
+            "id": f"ha-{uuid4().hex}",
+            "prompt": prompt,
+            "messages": messages,
+            "system": system,
+            "conversation": conversation,
+            "stream": stream,
+            "response_topic": self.reply_topic,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "priority": priority,
+            # The daemon drops the request if it is still queued when this Home Assistant stops waiting.
+            "ttl_s": timeout,
+        }
+        return Generation(self, {k: v for k, v in request.items() if v is not None}, timeout)
+
+    async def async_generate(self, **kwargs: Any) -> GenerationResult:
+        """A request without token messages; returns the final answer."""
+        generation = self.generate(stream=False, **kwargs)
+        async for _text in generation:
+            pass
+        assert generation.result is not None  # iteration ends only with a result or an exception
+        return generation.result
+
+    async def async_abort(self, request_id: str) -> None:
+        """Ask the daemon to stop a request (running or queued); `~/abort` takes the id."""
+        await mqtt.async_publish(self.hass, f"{self.prefix}/abort", request_id, qos=1, retain=False)
+
+
+class Generation:
+    """One request; iterate it for the answer's text pieces, then read `result`.
+
+    The pieces add up to the final text: token messages as they arrive, then whatever the final
+    reply holds beyond them (all of it when the daemon sent no tokens). Errors are raised from the
+    iteration as RkllmError subclasses; a caller that stops early or is cancelled aborts the request.
+    """
+
+    def __init__(self, client: RkllmClient, request: dict[str, Any], timeout: float) -> None:
+        self.id: str = request["id"]
+        self.result: GenerationResult | None = None
+        self._client = client
+        self._request = request
+        self._timeout = timeout
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        client = self._client
+        if not client.online:
+            raise DaemonOfflineError(f"The RKLLM daemon {client.node_id} is offline.")
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        client._pending[self.id] = queue
+        finished = False
+        try:
+            await mqtt.async_publish(
+                client.hass, f"{client.prefix}/prompt", json.dumps(self._request, ensure_ascii=False),
+                qos=1, retain=False,
+            )
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            streamed = ""
+            last_seq = -1
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        reply = await queue.get()
+                except TimeoutError:
+                    finished = True
+                    await client.async_abort(self.id)
+                    raise DaemonTimeoutError(
+                        f"The RKLLM daemon {client.node_id} did not answer within {self._timeout:g} seconds."
+                    ) from None
+                if reply is _GONE:
+                    finished = True
+                    raise DaemonOfflineError(
+                        f"The RKLLM daemon {client.node_id} went offline while answering."
+                    )
+                if reply.get("type") == "token":
+                    seq, text = reply.get("seq"), reply.get("text")
+                    if isinstance(seq, int):
+                        if seq <= last_seq:
+                            continue  # a QoS 1 redelivery
+                        last_seq = seq
+                    if isinstance(text, str) and text:
+                        streamed += text
+                        yield text
+                    continue
+                if reply.get("type") != "final":
+                    continue
+                finished = True
+                self.result = _final_result(reply, client.node_id)
+                if self.result.text.startswith(streamed) and len(self.result.text) > len(streamed):
+                    yield self.result.text[len(streamed):]
+                return
+        finally:
+            client._pending.pop(self.id, None)
+            if not finished:
+                # Cancelled (the voice pipeline gave up) or abandoned: free the NPU for the next request.
+                client.hass.async_create_background_task(
+                    client.async_abort(self.id), f"rkllm_mqtt abort {self.id}"
+                )
+
+
+def _final_result(reply: dict[str, Any], node_id: str) -> GenerationResult:
+    """The final reply as a result, or the sentence that says why there is none."""
+    finish_reason = str(reply.get("finish_reason") or "")
+    if reply.get("status") != "ok":
+        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        code = str(error.get("code") or "unknown")
+        raise DaemonReplyError(_error_sentence(code, str(error.get("message") or ""), node_id), code)
+    if finish_reason in ("abort", "deadline"):
+        raise DaemonReplyError(_error_sentence(finish_reason, "", node_id), finish_reason)
+    usage, timing = reply.get("usage"), reply.get("timing")
+    return GenerationResult(
+        text=str(reply.get("text") or ""),
+        finish_reason=finish_reason,
+        usage=usage if isinstance(usage, dict) else {},
+        timing=timing if isinstance(timing, dict) else {},
+    )
+
+
+def _error_sentence(code: str, message: str, node_id: str) -> str:
+    if code in ("aborted", "abort"):
+        return "The answer was stopped before it was finished."
+    if code in ("deadline_exceeded", "deadline"):
+        return f"The RKLLM daemon {node_id} ran out of time before it finished the answer."
+    if code == "queue_full":
+        return f"The RKLLM daemon {node_id} is busy with other requests; try again in a moment."
+    if code == "context_too_long":
+        return "The conversation is too long for the model; start a new one."
+    return f"The RKLLM daemon {node_id} could not answer ({code}): {message}"

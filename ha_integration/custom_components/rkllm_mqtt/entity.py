@@ -1,0 +1,120 @@
+"""Base entity for the RKLLM over MQTT integration: availability, device, and the daemon call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from homeassistant.components import conversation
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.entity import Entity
+
+from .const import (
+    CONF_MAX_HISTORY,
+    CONF_MAX_NEW_TOKENS,
+    CONF_NODE_ID,
+    CONF_TEMPERATURE,
+    CONF_TIMEOUT,
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_TIMEOUT,
+    DOMAIN,
+)
+
+if TYPE_CHECKING:
+    from homeassistant.core import HomeAssistant
+
+    from . import RkllmConfigEntry
+    from .client import Generation
+
+
+def daemon_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
+    """Join the device the daemon's own MQTT discovery made, or make one when there is none.
+
+    One device then shows the daemon's sensors and its conversation agent together. The identifier
+    is the one `rkllm_mqtt.discovery` announces; MQTT is a low-priority domain for a shared device,
+    so the link adds this entry without renaming anything.
+    """
+    mqtt_identifier = ("mqtt", f"rkllm_{entry.data[CONF_NODE_ID]}")
+    if dr.async_get(hass).async_get_device(identifiers={mqtt_identifier}) is not None:
+        return dr.DeviceInfo(identifiers={mqtt_identifier})
+    return dr.DeviceInfo(
+        identifiers={(DOMAIN, entry.entry_id)},
+        name=entry.title,
+        manufacturer="rkllm-mqtt",
+        model="RKLLM LLM daemon",
+        entry_type=dr.DeviceEntryType.SERVICE,
+    )
+
+
+def chat_log_messages(chat_log: conversation.ChatLog, max_history: int) -> list[dict[str, str]]:
+    """The user and assistant turns of the chat log, the newest `max_history` earlier turns kept.
+
+    The system prompt travels separately (`system`); tool results do not exist here because the
+    daemon has no tool calling.
+    """
+    messages = [
+        {"role": content.role, "content": content.content}
+        for content in chat_log.content
+        if isinstance(content, conversation.UserContent | conversation.AssistantContent) and content.content
+    ]
+    if max_history > 0:
+        user_turns = [i for i, message in enumerate(messages) if message["role"] == "user"]
+        if len(user_turns) > max_history + 1:
+            messages = messages[user_turns[-(max_history + 1)]:]
+    return messages
+
+
+async def _deltas(generation: Generation) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
+    """Daemon text pieces as chat-log deltas: the role opens the one assistant message, then text."""
+    yield {"role": "assistant"}
+    async for text in generation:
+        yield {"content": text}
+
+
+class RkllmBaseEntity(Entity):
+    """An entity backed by one daemon; unavailable whenever the daemon's status is not `online`."""
+
+    _attr_has_entity_name = True
+    _attr_name = None
+    _attr_should_poll = False
+
+    def __init__(self, entry: RkllmConfigEntry, device_info: dr.DeviceInfo) -> None:
+        self.entry = entry
+        self._attr_unique_id = entry.entry_id
+        self._attr_device_info = device_info
+
+    @property
+    def available(self) -> bool:
+        return self.entry.runtime_data.online
+
+    async def async_added_to_hass(self) -> None:
+        await super().async_added_to_hass()
+        self.async_on_remove(self.entry.runtime_data.async_add_listener(self.async_write_ha_state))
+
+    async def _async_handle_chat_log(self, chat_log: conversation.ChatLog, system: str | None) -> None:
+        """Answer the chat log's newest user turn; the answer lands in the chat log.
+
+        Token messages stream into the chat log as they arrive where this Home Assistant can take a
+        delta stream; elsewhere the daemon sends no tokens and the final text is added at once.
+        Failures are raised as RkllmError (a HomeAssistantError) with a sentence for the user.
+        """
+        options = self.entry.options
+        fields: dict[str, Any] = {
+            "messages": chat_log_messages(chat_log, int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))),
+            "system": system,
+            "conversation": chat_log.conversation_id,
+            "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
+            "temperature": options.get(CONF_TEMPERATURE),
+            "priority": "interactive",
+            "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
+        }
+        client = self.entry.runtime_data
+        if hasattr(chat_log, "async_add_delta_content_stream"):
+            deltas = _deltas(client.generate(stream=True, **fields))
+            async for _content in chat_log.async_add_delta_content_stream(self.entity_id, deltas):
+                pass
+            return
+        result = await client.async_generate(**fields)
+        chat_log.async_add_assistant_content_without_tools(
+            conversation.AssistantContent(agent_id=self.entity_id, content=result.text)
+        )
