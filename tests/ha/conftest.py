@@ -25,6 +25,9 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
+# The custom integration's fixtures (its tests import helpers from there too, so it must load first).
+pytest_plugins = ["integration_fixtures"]
+
 
 @pytest.fixture
 def mqtt_broker(tmp_path: Path, socket_enabled: None) -> Iterator[Broker]:
