@@ -70,6 +70,24 @@
  * next rkllm_sim_inspect or rkllm_destroy on that handle. Floats use "%.9g" (float32 round trip),
  * non-finite floats are null, bools are read as raw bytes (0 false, 1 true, anything else the
  * number), strings are JSON-escaped (invalid UTF-8 becomes U+FFFD), NULL pointers are null.
+ * Keys (those marked with a version only in that family and later):
+ *   abi, version,
+ *   init: model_path, max_context_len, max_new_tokens, top_k, n_keep (1.2.0), top_p, temperature,
+ *         repeat_penalty, frequency_penalty, presence_penalty, mirostat, mirostat_tau,
+ *         mirostat_eta, skip_special_token, ignore_eos_token (1.3 only), is_async,
+ *         img_start/img_end/img_content (not 1.3),
+ *         extend_param {base_domain_id, embed_flash, enabled_cpus_num, enabled_cpus_mask (1.2.0),
+ *                       n_batch, use_cross_attn (1.2.1), reserved_all_zero},
+ *         callback {result_callback; 1.3 also result_userdata, tokenizer_callback, embed_callback}
+ *   run: {"count": 0} before the first run, then also input_type, prompt, role, enable_thinking
+ *        (1.2.1), infer_params, mode, lora_params, lora_adapter_name, prompt_cache_params,
+ *        keep_history (1.2.0), sampling (null or the 9 fields), max_new_tokens (1.3 only),
+ *        userdata, callback_thread, generated_tokens, aborted, paused, finished, ret
+ *   chat_template (null or system_prompt/prompt_prefix/prompt_postfix),
+ *   function_tools (1.2.1; null or system_prompt/tools/tool_response_str),
+ *   clear_kv_cache {count, keep_system_prompt, start_pos/end_pos (1.2.1; null for NULL pointers)},
+ *   aborts, lora_loaded, prompt_cache_loaded, cross_attn_params (1.2.1), history,
+ *   max_concurrent_runs, running
  */
 
 #define _GNU_SOURCE
