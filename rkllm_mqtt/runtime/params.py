@@ -49,6 +49,12 @@ SAMPLING_KEYS = (
 )
 
 
+def c_string(text: str) -> bytes:
+    """UTF-8 for a `const char*`: a NUL would silently cut the C string, a lone surrogate
+    (possible in JSON) cannot be encoded; neither may reach the library."""
+    return text.replace("\x00", "").encode("utf-8", errors="replace")
+
+
 def has_field(struct: type[ctypes.Structure] | ctypes.Structure, name: str) -> bool:
     return any(field[0] == name for field in struct._fields_)
 

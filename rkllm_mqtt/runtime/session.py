@@ -53,6 +53,7 @@ from rkllm_mqtt.runtime.params import (
     build_input,
     build_param,
     build_sampling,
+    c_string,
     has_field,
 )
 from rkllm_mqtt.runtime.prompt import (
@@ -70,7 +71,7 @@ Sink = Callable[[Event], None]
 T = TypeVar("T")
 
 _QUEUED, _RUNNING, _DONE = "queued", "running", "done"
-_ABORT_FROM_CALLBACK_WAIT_S = 0.2
+_ABORT_FROM_CALLBACK_WAIT_S = 1.0
 
 
 class _Run:
@@ -159,6 +160,7 @@ class Session:
         self._templates = TemplateConfig(
             settings.system_prompt, settings.prompt_prefix, settings.prompt_postfix
         )
+        self._open_lock = threading.Lock()  # one open() at a time
         self._lock = threading.Lock()  # states of generations, open/closed
         self._run_lock = threading.Lock()  # which run is inside rkllm_run (for rkllm_abort)
         self._jobs: queue.SimpleQueue[Callable[[], None] | Generation | None] = (
@@ -182,6 +184,10 @@ class Session:
 
     def open(self) -> None:
         """Load the library, choose the ABI, rkllm_init on the worker thread; raises on failure."""
+        with self._open_lock:
+            self._open()
+
+    def _open(self) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeRunError("the RKLLM session is closed")
@@ -246,7 +252,7 @@ class Session:
             messages = (*messages, ChatMessage("user", request.prompt))
         system, prompt = render_messages(messages, request.system)
         plan = plan_prompt(
-            self._templates, system, prompt.replace("\x00", ""),
+            self._templates, system, prompt,
             native_template=self.abi != "1.1",
         )
         with self._lock:
@@ -270,7 +276,6 @@ class Session:
         For diagnostics and tests (e.g. the simulator's rkllm_sim_inspect): the handle is only
         ever touched from the worker thread, never while a run is inside the library.
         """
-        assert self._lib is not None
 
         def call() -> T:
             assert self._lib is not None and self._handle is not None
@@ -364,9 +369,9 @@ class Session:
     def _set_template(self, template: Template) -> int:
         status = self._fn.rkllm_set_chat_template(
             self._handle,
-            template.system_prompt.encode(),
-            template.prompt_prefix.encode(),
-            template.prompt_postfix.encode(),
+            c_string(template.system_prompt),
+            c_string(template.prompt_prefix),
+            c_string(template.prompt_postfix),
         )
         self._template_now = template if status == 0 else None
         return status
@@ -403,8 +408,8 @@ class Session:
             if status != 0:
                 return ErrorEvent("runtime_error", f"rkllm_set_chat_template failed ({status})")
 
-        prompt = plan.text.encode("utf-8", errors="replace")
-        role = request.role.encode("utf-8", errors="replace")
+        prompt = c_string(plan.text)
+        role = c_string(request.role)
         rkllm_input = build_input(module, prompt, role, request.enable_thinking)
         native_sampling = has_field(module.RKLLMInferParam, "sampling_params")
         sampling = (

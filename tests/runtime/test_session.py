@@ -249,6 +249,36 @@ def test_stop_sequence_ends_the_run_without_the_stop_text(
     assert inspect(session)["run"]["aborted"] is True  # the library stopped generating
 
 
+def test_sink_may_abort_from_inside_the_callback(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str,
+) -> None:
+    session = open_session(family)
+    generations: list[Any] = []
+
+    def abort_at_third(event: TokenEvent) -> None:
+        if "tok2" in event.text:
+            generations[0].abort()
+
+    sink = Recorder(on_token=abort_at_third)
+    generations.append(session.generate(GenerationRequest(prompt="[sim:tokens=500]"), sink))
+    outcome = generations[0].result(WAIT_S)
+    assert outcome.finish_reason == "abort"
+    assert outcome.text.startswith("tok0 tok1 tok2") and outcome.text == "".join(sink.pieces)
+    run = inspect(session)["run"]
+    assert run["aborted"] is True and run["generated_tokens"] < 500
+
+
+def test_nul_and_lone_surrogates_never_reach_the_library(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str,
+) -> None:
+    session = open_session(family)
+    outcome = session.generate(GenerationRequest(prompt="a\x00b\ud800c")).result(WAIT_S)
+    assert inspect(session)["run"]["prompt"] == "ab?c"
+    assert outcome.text == expected_answer("ab?c")
+
+
 def test_text_that_only_looks_like_a_stop_sequence_is_released(
     open_session: Callable[..., Session], family: str
 ) -> None:
