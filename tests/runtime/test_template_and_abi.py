@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -163,9 +167,21 @@ def test_a_library_that_is_not_rkllm_names_the_key() -> None:
 
 
 def test_importing_the_package_loads_no_library() -> None:
-    import subprocess
-    import sys
-
     code = ("import rkllm_mqtt.runtime, sys; "
             "maps = open('/proc/self/maps').read(); sys.exit('rkllm' in maps)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_bare_library_name_is_found_through_the_loader_path(
+    sim_libraries: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default `librkllmrt.so` is a bare name: the version string must be read from the file
+    the dynamic loader actually picked."""
+    shutil.copy(sim_libraries["1.3"], tmp_path / "librkllmrt.so")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
+    code = ("from rkllm_mqtt.runtime.library import open_library; "
+            "lib = open_library('librkllmrt.so', 'auto'); print(lib.abi, lib.path)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1.3", str((tmp_path / "librkllmrt.so").resolve())]
