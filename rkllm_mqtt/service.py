@@ -103,25 +103,25 @@ class InProcessEngine:
     """The runtime Session in this process; events come from the runtime's threads."""
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
-        self._session = Session(settings)
+        self.session = Session(settings)
         self._sink = sink
         self._generations: dict[str, Any] = {}
 
     def open(self) -> EngineInfo:
-        s = self._session
+        s = self.session
         s.open()
         return EngineInfo(s.model_name, s.abi, s.runtime_version, s.supports_history)
 
     def run(self, job_id: str, command: RunCommand) -> None:
         if command.clear_kv:
-            self._session.clear()
+            self.session.clear()
 
         def sink(event: Event) -> None:
             if not isinstance(event, TokenEvent):
                 self._generations.pop(job_id, None)
             self._sink(job_id, event)
 
-        self._generations[job_id] = self._session.generate(command.request, sink)
+        self._generations[job_id] = self.session.generate(command.request, sink)
 
     def abort(self, job_id: str, reason: str) -> None:
         generation = self._generations.get(job_id)
@@ -129,7 +129,7 @@ class InProcessEngine:
             generation.abort(reason)
 
     def close(self) -> None:
-        self._session.close()
+        self.session.close()
 
 
 # ----------------------------------------------------------------------------- the service
@@ -179,7 +179,7 @@ class Service:
             max_prompt_chars=settings.limits.max_prompt_chars,
         )
         self.notifier = notifier or Notifier({})
-        self._engine = engine_factory(settings.runtime, self._on_engine_event)
+        self.engine = engine_factory(settings.runtime, self._on_engine_event)
         self._info = EngineInfo(os.path.basename(settings.runtime.model or ""), settings.runtime.abi,
                                 None, False)
         subscriptions = [self.topics["prompt"], self.topics["abort"]]
@@ -217,7 +217,7 @@ class Service:
         self._publish_discovery()
         self._publish_state(force=True)
         try:
-            self._info = self._engine.open()
+            self._info = self.engine.open()
         except RkllmMqttError:
             self._state = "error"
             self._publish_state()
@@ -243,7 +243,7 @@ class Service:
         try:
             self.mqtt.close(timeout=SHUTDOWN_FLUSH_S)
         finally:
-            self._engine.close()
+            self.engine.close()
         log.info("stopped")
 
     @property
@@ -384,7 +384,7 @@ class Service:
             return
         job.abort_reason, job.abort_message = reason, message
         log.info("aborting %r: %s", job.request.key, message)
-        self._engine.abort(job.request.key, reason)
+        self.engine.abort(job.request.key, reason)
 
     def _dispatch(self) -> None:
         if self._running is not None or not self._ready or self._stopping:
@@ -410,7 +410,7 @@ class Service:
         self._running = job
         self._state = "generating"
         try:
-            self._engine.run(request.key, RunCommand(generation, plan.clear_kv))
+            self.engine.run(request.key, RunCommand(generation, plan.clear_kv))
         except (RkllmMqttError, ValueError) as err:
             self._on_outcome(request.key, ErrorEvent("runtime_error", str(err)))
 

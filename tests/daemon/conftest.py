@@ -239,3 +239,63 @@ def probe_factory() -> Iterator[Callable[..., Probe]]:
     yield make
     for p in probes:
         p.close()
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+@pytest.fixture(scope="session")
+def sim_library() -> Path:
+    from rkllm_mqtt.simulator import build_simulator
+
+    return build_simulator("1.2")
+
+
+@pytest.fixture(scope="session")
+def sim_model() -> Path:
+    from rkllm_mqtt.simulator import sim_model_file
+
+    return sim_model_file()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+@pytest.fixture
+def daemon_settings(sim_library: Path, sim_model: Path) -> Callable[..., Any]:
+    """Settings for a daemon on `address`, with a fresh node id so retained topics never collide."""
+    from rkllm_mqtt.config import load_config
+
+    def make(address: Any, **sections: dict[str, Any]) -> Any:
+        base = {
+            "mqtt": {"host": address.host, "port": address.port,
+                     "node_id": f"t{uuid.uuid4().hex[:8]}"},
+            "runtime": {"library": str(sim_library), "abi": "1.2", "model": str(sim_model)},
+            "queue": {"on_shutdown": "abort"},
+            "homeassistant": {"discovery": False},
+        }
+        return load_config(None, **_merge(base, sections))
+
+    return make
+
+
+@pytest.fixture
+def daemon(daemon_settings: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Start an in-process daemon (`Service`) on the real simulator; stopped at the end."""
+    from rkllm_mqtt.service import Service
+
+    started: list[Service] = []
+
+    def make(address: Any, **sections: dict[str, Any]) -> Service:
+        service = Service(daemon_settings(address, **sections))
+        service.start(connect_attempts=5)
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        service.stop()
