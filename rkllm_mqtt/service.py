@@ -351,7 +351,8 @@ class Service:
         deadline = received + request.ttl_s if request.ttl_s is not None else None
         job = Job(request, received, deadline, new)
         try:
-            self._scheduler.submit(key, job, priority=request.priority, deadline=deadline)
+            self._scheduler.submit(key, job, priority=request.priority, deadline=deadline,
+                                   runs_now=self._running is None and self._ready)
         except QueueFull as err:
             self._answer_error(request, ErrorCode.QUEUE_FULL, str(err))
             return
@@ -448,6 +449,9 @@ class Service:
             return
         self._conversations.finished(request.conversation, job.new_messages,
                                      plan.system if plan else request.system, event.text)
+        log.info("answered %r: %s, %d tokens, %.0f ms (queue %.0f ms)", target.id,
+                 event.finish_reason, stats.completion_tokens, timing["total_ms"],
+                 timing["queue_ms"])
         self._stats.tokens_per_second = timing["tokens_per_s"]
         self._stats.ttft_ms = timing["ttft_ms"]
         self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing), target.id)

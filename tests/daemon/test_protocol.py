@@ -127,6 +127,14 @@ def test_prompt_over_limit():
     assert rejected("z" * 101).code is ErrorCode.INVALID_REQUEST
 
 
+def test_deeply_nested_json_is_refused_not_a_crash():
+    policy = RequestPolicy("r", ("x/#",), max_payload_bytes=200_000)
+    payload = b'{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    with pytest.raises(RequestRejected) as info:
+        parse_request(payload, policy)
+    assert info.value.code is ErrorCode.INVALID_JSON
+
+
 def test_empty_and_non_utf8():
     assert rejected(b"").code is ErrorCode.INVALID_REQUEST
     assert rejected(b"  \n ").code is ErrorCode.INVALID_REQUEST

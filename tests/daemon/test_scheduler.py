@@ -32,6 +32,15 @@ def test_bounded_and_duplicate_key():
     assert len(s) == 2 and "c" in s
 
 
+def test_zero_waiting_room_still_admits_work_for_an_idle_npu():
+    s: Scheduler[str] = Scheduler(max_pending=0)
+    with pytest.raises(QueueFull):
+        s.submit("a", "a", priority=HI, deadline=None)
+    s.submit("a", "a", priority=HI, deadline=None, runs_now=True)
+    with pytest.raises(QueueFull):
+        s.submit("b", "b", priority=HI, deadline=None, runs_now=True)  # something already waits
+
+
 def test_cancel_and_expire():
     s: Scheduler[str] = Scheduler(max_pending=5)
     s.submit("a", "A", priority=HI, deadline=10.0)
