@@ -466,7 +466,7 @@ class Session:
 
     def _run_error(self, prompt: str, status: int, text: str) -> ErrorEvent:
         limit = self._param.max_context_len
-        estimate = math.ceil(len(prompt.encode("utf-8")) / 4)
+        estimate = math.ceil(len(c_string(prompt)) / 4)  # bytes/4: rough, like the simulator
         if estimate > limit:
             return ErrorEvent(
                 "context_too_long",
