@@ -1,13 +1,15 @@
-"""The pure parts of a run: message rendering, prompt planning, UTF-8 and stop-sequence stream."""
+"""The pure parts: message rendering, prompt planning, the text stream, layout and init checks."""
 
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import pytest
 
 from rkllm_mqtt.runtime import ChatMessage, render_messages
 from rkllm_mqtt.runtime.common import check_layout
+from rkllm_mqtt.runtime.nativelog import explain_init_failure, logged_runtime_version
 from rkllm_mqtt.runtime.prompt import Template, TemplateConfig, plan_prompt
 from rkllm_mqtt.runtime.stream import TextStream
 
@@ -112,3 +114,19 @@ def test_layout_check_refuses_a_wrong_mirror() -> None:
         check_layout("test", {Wrong: 12}, {})
     with pytest.raises(ImportError, match=r"offsetof\(Wrong, b\) = 4, header says 8"):
         check_layout("test", {}, {(Wrong, "b"): 8})
+
+
+def test_init_failure_explanations(tmp_path: Path) -> None:
+    model = tmp_path / "m.rkllm"
+    model.write_bytes(b"x")
+    log = ("I rkllm: rkllm-runtime version: 1.2.3, rknpu driver version: 0.9.8\n"
+           "E rkllm: invalid rknn llm model magic, failed to load model\n")
+    assert logged_runtime_version(log) == "1.2.3"
+    mismatch = explain_init_failure(-1, str(model), 4096, log, abi="1.2", version="1.2.3")
+    assert mismatch.startswith(f"the model {model} does not fit runtime 1.2.3")
+    assert "E rkllm: invalid rknn llm model magic" in mismatch
+
+    generic = explain_init_failure(-1, str(model), 2048, "I rkllm: loading\n", abi="1.3",
+                                   version=None)
+    assert generic.startswith(f"rkllm_init failed (-1) for {model};")
+    assert "runtime.max_context_len (2048)" in generic and "the 1.3 runtime" in generic
