@@ -68,6 +68,9 @@ class RkllmClient:
         self.prefix = f"{base_topic}/{node_id}"
         self.reply_topic = reply_topic
         self.online = False
+        # Counts the times the daemon came online: a daemon that restarted has forgotten its
+        # conversations. HA losing the broker counts too, since the daemon may have restarted meanwhile.
+        self.epoch = 0
         self._status_topic = status_topic(base_topic, node_id)
         self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -78,6 +81,8 @@ class RkllmClient:
         self._unsubscribe = [
             await mqtt.async_subscribe(self.hass, self._status_topic, self._on_status, qos=1),
             await mqtt.async_subscribe(self.hass, self.reply_topic, self._on_reply, qos=1),
+            # After a reconnect HA re-subscribes and the retained status arrives again.
+            mqtt.async_subscribe_connection_status(self.hass, self._on_connection),
         ]
 
     @callback
@@ -96,12 +101,22 @@ class RkllmClient:
 
     @callback
     def _on_status(self, msg: mqtt.ReceiveMessage) -> None:
-        online = msg.payload == STATUS_ONLINE
+        self._set_online(msg.payload == STATUS_ONLINE)
+
+    @callback
+    def _on_connection(self, connected: bool) -> None:
+        if not connected:
+            self._set_online(False)
+
+    @callback
+    def _set_online(self, online: bool) -> None:
         if online == self.online:
             return
         self.online = online
         LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
-        if not online:
+        if online:
+            self.epoch += 1
+        else:
             self._fail_pending()
         for update in list(self._listeners):
             update()

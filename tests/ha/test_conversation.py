@@ -1,0 +1,269 @@
+"""Assist through the integration: Home Assistant's own conversation API, answered by the real
+daemon on the simulator over a real broker.
+
+The daemon runs with a chat template (prefix + postfix), so the system prompt goes into the template
+and the simulator's prompt is exactly the user text, or the transcript when the history is sent:
+`expected_answer` then says which of the two the daemon got.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from harness import OutsideClient
+from homeassistant.components import conversation
+from homeassistant.const import STATE_UNAVAILABLE
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers import intent
+from integration_fixtures import (
+    BASE_TOPIC,
+    ENTITY_ID,
+    NODE_ID,
+    Daemon,
+    rkllm_const,
+    setup_entry,
+    wait_for_state,
+)
+
+from rkllm_mqtt.simulator import expected_answer
+
+QWEN_TEMPLATE = {
+    "prompt_prefix": "<|im_start|>user\n",
+    "prompt_postfix": "<|im_end|>\n<|im_start|>assistant\n",
+}
+PREFIX = f"{BASE_TOPIC}/{NODE_ID}"
+
+
+class Spy:
+    """An outside client that sees the requests HA sends and the replies the daemon gives."""
+
+    def __init__(self, client: OutsideClient) -> None:
+        self.client = client
+        client.subscribe(f"{PREFIX}/prompt")
+        client.subscribe(f"{PREFIX}/abort")
+        client.subscribe(f"{BASE_TOPIC}/reply/#")
+
+    async def request(self) -> dict[str, Any]:
+        return json.loads((await self.client.next_message(f"{PREFIX}/prompt")).payload)
+
+    async def final(self, request: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            reply = json.loads((await self.client.next_message(request["response_topic"])).payload)
+            if reply["id"] == request["id"] and reply["type"] == "final":
+                return reply
+
+    async def abort(self) -> str:
+        return (await self.client.next_message(f"{PREFIX}/abort")).payload.decode()
+
+
+@pytest.fixture
+def spy(outside_client: Callable[[], OutsideClient]) -> Spy:
+    return Spy(outside_client())
+
+
+class DeltaRecorder:
+    """A chat-log delta listener, the hook Assist pipelines use to stream the answer to a satellite."""
+
+    def __init__(self) -> None:
+        self.deltas: list[dict[str, Any]] = []
+
+    def __call__(self, _chat_log: conversation.ChatLog, delta: dict[str, Any]) -> None:
+        self.deltas.append(delta)
+
+
+async def converse(
+    hass: HomeAssistant, text: str, conversation_id: str | None = None,
+    recorder: DeltaRecorder | None = None,
+) -> conversation.ConversationResult:
+    """One turn through `conversation.async_converse`; with `recorder`, Assist's delta hook is set
+    the way assist_pipeline sets it (by opening the chat log first with a delta listener)."""
+    from homeassistant.helpers.chat_session import async_get_chat_session
+
+    if recorder is None:
+        return await conversation.async_converse(
+            hass, text, conversation_id, Context(), language="en", agent_id=ENTITY_ID
+        )
+    with (
+        async_get_chat_session(hass, conversation_id) as session,
+        conversation.async_get_chat_log(hass, session, chat_log_delta_listener=recorder),
+    ):
+        return await conversation.async_converse(
+            hass, text, session.conversation_id, Context(), language="en", agent_id=ENTITY_ID
+        )
+
+
+async def test_turns_stream_and_continue_the_conversation(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    recorder = DeltaRecorder()
+    result = await converse(hass, "What is the capital of France?", recorder=recorder)
+    request, = [await spy.request()]
+    final = await spy.final(request)
+
+    # The answer is the one the simulator produced for this prompt, sent back by the daemon.
+    assert result.response.response_type is intent.IntentResponseType.ACTION_DONE
+    speech = result.response.speech["plain"]["speech"]
+    assert speech == final["text"] == expected_answer("What is the capital of France?")
+    # It arrived as a stream: the role first, then several pieces that add up to the answer.
+    assert recorder.deltas[0] == {"role": "assistant"}
+    pieces = [delta["content"] for delta in recorder.deltas[1:]]
+    assert len(pieces) > 5
+    assert "".join(pieces) == speech
+
+    # The request: the conversation key derives from HA's conversation id, the instructions are the
+    # system prompt, tokens are asked for, replies come to this entry's topic under rkllm/reply/.
+    conversation_id = result.conversation_id
+    assert conversation_id
+    assert request["conversation"].startswith(f"{conversation_id}-")
+    assert request["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert request["system"].startswith("You are a voice assistant for Home Assistant.")
+    assert request["stream"] is True
+    assert request["priority"] == "interactive"
+    assert request["response_topic"].startswith(f"{BASE_TOPIC}/reply/ha_")
+
+    # Second turn, same conversation: the daemon already holds the first turn, so only the new one
+    # goes out under the same key, and the simulator sees only it (the KV cache continues).
+    second = await converse(hass, "And of Italy?", conversation_id)
+    request2 = await spy.request()
+    assert second.conversation_id == conversation_id
+    assert request2["conversation"] == request["conversation"]
+    assert request2["messages"] == [{"role": "user", "content": "And of Italy?"}]
+    assert second.response.speech["plain"]["speech"] == (await spy.final(request2))["text"]
+    assert second.response.speech["plain"]["speech"] == expected_answer("And of Italy?")
+
+
+async def test_a_restarted_daemon_gets_the_history_again(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    daemon = start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+    first = await converse(hass, "Hello")
+    first_request = await spy.request()
+    answer = first.response.speech["plain"]["speech"]
+
+    daemon.stop()
+    await wait_for_state(hass, ENTITY_ID, lambda state: state == STATE_UNAVAILABLE)
+    start_daemon(**QWEN_TEMPLATE)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    second = await converse(hass, "Again", first.conversation_id)
+    request = await spy.request()
+    # The new daemon never saw the first turn: the chat log's history goes out under a new key.
+    assert request["conversation"] != first_request["conversation"]
+    assert request["messages"] == [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Again"},
+    ]
+    transcript = f"User: Hello\nAssistant: {answer}\nUser: Again"
+    assert second.response.speech["plain"]["speech"] == expected_answer(transcript)
+
+
+async def test_history_length_option_cuts_what_is_sent(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    daemon = start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass, **{rkllm_const.CONF_MAX_HISTORY: 1})
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+    first = await converse(hass, "one")
+    conversation_id = first.conversation_id
+    second = await converse(hass, "two", conversation_id)
+    for _ in range(2):
+        await spy.request()
+
+    daemon.stop()  # forces the history to be sent again on the next turn
+    await wait_for_state(hass, ENTITY_ID, lambda state: state == STATE_UNAVAILABLE)
+    start_daemon(**QWEN_TEMPLATE)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+    await converse(hass, "three", conversation_id)
+    request = await spy.request()
+    # One earlier user turn (with its answer) plus the new one.
+    assert request["messages"] == [
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": second.response.speech["plain"]["speech"]},
+        {"role": "user", "content": "three"},
+    ]
+
+
+def _error_speech(result: conversation.ConversationResult) -> str:
+    assert result.response.response_type is intent.IntentResponseType.ERROR
+    assert result.response.error_code is intent.IntentResponseErrorCode.UNKNOWN
+    return result.response.speech["plain"]["speech"]
+
+
+async def test_daemon_offline_is_an_error_reply(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    hass = ha_with_mqtt
+    outside_client().publish(f"{PREFIX}/status", "offline", retain=True)
+    await setup_entry(hass)
+    assert hass.states.get(ENTITY_ID).state == STATE_UNAVAILABLE
+
+    result = await converse(hass, "Anyone there?")
+    assert _error_speech(result) == f"The RKLLM daemon {NODE_ID} is offline."
+
+
+async def test_timeout_aborts_the_request_and_is_an_error_reply(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass, **{rkllm_const.CONF_TIMEOUT: 1.5})
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    # [sim:hang] streams one token, then waits until it is aborted.
+    result = await converse(hass, "Think forever [sim:hang]")
+    assert _error_speech(result) == f"The RKLLM daemon {NODE_ID} did not answer within 1.5 seconds."
+    request = await spy.request()
+    assert await spy.abort() == request["id"]
+    # The daemon stopped the run: by our abort, or by the request's ttl_s (= the timeout), whichever
+    # it saw first.
+    final = await spy.final(request)
+    assert final["status"] == "error"
+    assert (final["error"]["code"], final["finish_reason"]) in {
+        ("aborted", "abort"), ("deadline_exceeded", "deadline")
+    }
+
+
+async def test_daemon_error_is_an_error_reply(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    result = await converse(hass, "Break please [sim:error]")
+    final = await spy.final(await spy.request())
+    assert final["status"] == "error"
+    assert _error_speech(result) == (
+        f"The RKLLM daemon {NODE_ID} could not answer ({final['error']['code']}): {final['error']['message']}"
+    )
+
+
+async def test_an_abort_from_elsewhere_is_an_error_reply(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
+    request = await spy.request()
+    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    # What the daemon's Abort button (its MQTT button entity) publishes: an empty ~/abort.
+    spy.client.publish(f"{PREFIX}/abort", "")
+    result = await task
+    assert _error_speech(result) == "The answer was stopped before it was finished."
