@@ -203,7 +203,8 @@ class Service:
         self._stats = _Stats()
         self._last_state: bytes | None = None
         self._timers: list[tuple[float, Callable[[], None]]] = []
-        self._stopping = False
+        self._stopping = False  # the loop's view: intake closed
+        self._stopped = False  # stop() ran
         self._ready = False
         self._loop_thread: threading.Thread | None = None
         self._next_ping = 0.0
@@ -234,6 +235,9 @@ class Service:
 
     def stop(self) -> None:
         """Stop intake, finish or abort the running request, answer queued ones, go offline."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._loop_thread is not None:
             self._post(self._begin_shutdown)
             limit = self.settings.queue.request_timeout_s + 10
