@@ -150,9 +150,24 @@ def bind(lib: ctypes.CDLL, fn: CFunction, *, abi: str, path: str) -> Any:
     return func
 
 
+# The entry points the Session calls. The rest of a family's table (LoRA, prompt cache, function
+# tools, cross-attention, run_async) is bound when the library exports it and is None otherwise, so a
+# trimmed or vendor-patched library that leaves out something we never call still loads.
+REQUIRED_FUNCTIONS = frozenset({
+    "rkllm_createDefaultParam", "rkllm_init", "rkllm_run", "rkllm_abort", "rkllm_destroy",
+    "rkllm_clear_kv_cache", "rkllm_set_chat_template",
+})
+
+
 def bind_all(lib: ctypes.CDLL, functions: Sequence[CFunction], *, abi: str, path: str) -> Any:
     """Bind a family's whole function table; attribute names are the C names."""
-    return SimpleNamespace(**{fn.name: bind(lib, fn, abi=abi, path=path) for fn in functions})
+    bound: dict[str, Any] = {}
+    for fn in functions:
+        if fn.name in REQUIRED_FUNCTIONS or hasattr(lib, fn.name):
+            bound[fn.name] = bind(lib, fn, abi=abi, path=path)
+        else:
+            bound[fn.name] = None
+    return SimpleNamespace(**bound)
 
 
 def check_layout(

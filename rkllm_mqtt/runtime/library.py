@@ -9,6 +9,7 @@ because guessing wrong is a segfault on the user's board.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 import re
@@ -25,6 +26,8 @@ FAMILIES: dict[str, ModuleType] = {
     "1.2": abi_1_2,
     "1.3": abi_1_3,
 }
+log = logging.getLogger(__name__)
+
 ABI_CHOICES = '"1.1" (1.1.0-1.1.4), "1.2.0", "1.2" (1.2.1-1.2.3) or "1.3" (1.3.0)'
 
 # "rkllm-runtime version: 1.2.3" (what the runtime logs at init), "librkllmrt v1.2.3", ...
@@ -162,21 +165,22 @@ def detect_abi(path: str) -> str:
 
 
 def _check_explicit(abi: str, lib: ctypes.CDLL, file: str) -> str | None:
-    """Refuse an explicit runtime.abi that the library's symbols or version contradict."""
+    """Refuse an explicit runtime.abi that the library's own version string contradicts."""
     symbols, version, _ = _evidence(lib, file)
     actual = family_of_version(version) if version else None
-    contradiction = None
-    if symbols in ("1.1", "1.2.0") and abi != symbols:
-        contradiction = f"its symbols are those of {symbols}"
-    elif symbols == "1.2+" and abi in ("1.1", "1.2.0"):
-        contradiction = "it exports rkllm_set_function_tools (1.2.1 or later)"
-    elif actual is not None and actual != abi:
-        contradiction = f"it says it is runtime version {version}"
-    if contradiction:
+    if actual is not None and actual != abi:
         raise AbiDetectionError(
-            f'runtime.abi is "{abi}" but {file} does not match: {contradiction}; '
-            f'set runtime.abi to "{actual or symbols}" or "auto"'
+            f'runtime.abi is "{abi}" but {file} says it is runtime version {version}; '
+            f'set runtime.abi to "{actual}" or "auto"'
         )
+    # Symbols are weaker evidence than the library's own version string (a trimmed or patched build
+    # may export more or fewer entry points), so an explicit choice that they contradict is trusted
+    # and only logged.
+    if (symbols in ("1.1", "1.2.0") and abi != symbols) or (
+        symbols == "1.2+" and abi in ("1.1", "1.2.0")
+    ):
+        log.warning('runtime.abi is "%s" but the symbols of %s look like %s; using "%s" as configured',
+                    abi, file, symbols, abi)
     return version
 
 
