@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -44,6 +45,8 @@ def demo(*, abi: str = "1.2", prompt: str, fast: bool = False, keep_running: boo
                   "protocol": "5" if broker.kind == "mosquitto" else "3.1.1"},
             runtime={"library": str(library), "abi": abi, "model": str(model),
                      "max_context_len": 4096, "max_new_tokens": 256},
+            homeassistant={"discovery": False},  # a demo must not add a device to a real HA
+            queue={"on_shutdown": "abort"},
         )
         speed = "as fast as it goes" if fast else "at RK3588 speed (Qwen2.5-1.5B w8a8 figures)"
         print(f"broker   {broker.kind} on {broker.host}:{broker.port}", file=out)
@@ -58,10 +61,7 @@ def demo(*, abi: str = "1.2", prompt: str, fast: bool = False, keep_running: boo
                          keep_running)
             if keep_running:
                 print("Serving until Ctrl-C.", file=out, flush=True)
-                try:
-                    threading.Event().wait()
-                except KeyboardInterrupt:
-                    print("\nstopping", file=out)
+                _wait_for_interrupt()
             return code
         finally:
             service.stop()
@@ -79,3 +79,15 @@ def _print_howto(prefix: str, host: str, port: int, library: Path, out, keep_run
     print(f"Simulated runtime: {library}", file=out)
     if not keep_running:
         print("(`rkllm-mqtt demo --keep-running` keeps broker and daemon up.)", file=out)
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
