@@ -8,6 +8,7 @@ and the simulator's prompt is exactly the user text, or the transcript when the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -267,3 +268,63 @@ async def test_an_abort_from_elsewhere_is_an_error_reply(
     spy.client.publish(f"{PREFIX}/abort", "")
     result = await task
     assert _error_speech(result) == "The answer was stopped before it was finished."
+
+
+async def test_a_cancelled_turn_aborts_the_request(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    """A voice pipeline that gives up cancels the turn; the NPU must not keep working for nobody."""
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
+    request = await spy.request()
+    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await spy.abort() == request["id"]
+    final = await spy.final(request)
+    assert (final["error"]["code"], final["finish_reason"]) == ("aborted", "abort")
+
+
+async def test_without_streaming_the_final_text_is_the_answer(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Home Assistant whose ChatLog cannot take a delta stream gets the final text at once."""
+    hass = ha_with_mqtt
+    monkeypatch.delattr(conversation.ChatLog, "async_add_delta_content_stream")
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    recorder = DeltaRecorder()
+    result = await converse(hass, "No stream here", recorder=recorder)
+    request = await spy.request()
+    assert request["stream"] is False
+    assert result.response.speech["plain"]["speech"] == expected_answer("No stream here")
+    assert recorder.deltas == []
+
+
+async def test_an_empty_answer_keeps_the_conversation_consistent(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    """No tokens means no streamed message; the turn still gets its (empty) assistant message, so
+    the next turn continues the daemon's conversation instead of re-sending the history."""
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    first = await converse(hass, "Say nothing [sim:tokens=0]")
+    request = await spy.request()
+    assert (await spy.final(request))["text"] == ""
+    assert first.response.speech["plain"]["speech"] == ""
+
+    await converse(hass, "Now speak", first.conversation_id)
+    request2 = await spy.request()
+    assert request2["conversation"] == request["conversation"]
+    assert request2["messages"] == [{"role": "user", "content": "Now speak"}]

@@ -61,7 +61,8 @@ def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
     return [
         {"role": content.role, "content": content.content}
         for content in chat_log.content
-        if isinstance(content, conversation.UserContent | conversation.AssistantContent) and content.content
+        if isinstance(content, conversation.UserContent | conversation.AssistantContent)
+        and content.content is not None
     ]
 
 
@@ -172,15 +173,17 @@ class RkllmBaseEntity(Entity):
             "priority": "interactive",
             "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
         }
+        answer = ""
         if hasattr(chat_log, "async_add_delta_content_stream"):
             deltas = _deltas(client.generate(stream=True, **fields))
-            async for _content in chat_log.async_add_delta_content_stream(self.entity_id, deltas):
-                pass
+            async for content in chat_log.async_add_delta_content_stream(self.entity_id, deltas):
+                answer = content.content or ""
         else:
-            result = await client.async_generate(**fields)
+            answer = (await client.async_generate(**fields)).text
+        if not isinstance(chat_log.content[-1], conversation.AssistantContent):
+            # The non-streaming path, or an empty answer (the stream adds no message without text):
+            # the turn still needs its assistant message, or the next one follows two user messages.
             chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(agent_id=self.entity_id, content=result.text)
+                conversation.AssistantContent(agent_id=self.entity_id, content=answer)
             )
-        self._conversations.answered(
-            chat_log.conversation_id, key, epoch, history, chat_log.content[-1].content or ""
-        )
+        self._conversations.answered(chat_log.conversation_id, key, epoch, history, answer)
