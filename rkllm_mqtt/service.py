@@ -264,6 +264,11 @@ class Service:
         self._inbox.put(fn)
 
     def _on_message(self, msg: InMessage) -> None:
+        if msg.retain and msg.topic in (self.topics["prompt"], self.topics["abort"]):
+            # A retained command would be replayed at every (re)connect: run once, then forever.
+            log.warning("ignored a retained message on %s (publish commands without retain; "
+                        "clear it with an empty retained message)", msg.topic)
+            return
         if msg.topic == self.topics["prompt"]:
             try:
                 request = parse_request(msg.payload, self.policy, response_topic=msg.response_topic,

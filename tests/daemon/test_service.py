@@ -115,6 +115,20 @@ def test_mosquitto_pub_prompt(broker, daemon, probe_factory):
     assert final["status"] == "ok" and tokens_text(probe.replies(final["id"])) == final["text"]
 
 
+def test_retained_prompts_are_not_replayed(broker, daemon, daemon_settings, probe_factory):
+    node = daemon_settings(broker).mqtt.node_id
+    setter = probe_factory(broker)
+    setter.publish(f"rkllm/{node}/prompt", {"id": "stale", "prompt": "old"}, retain=True)
+    try:
+        probe = probe_factory(broker, topics=(f"rkllm/{node}/response",))  # before the daemon
+        svc = daemon(broker, mqtt={"node_id": node})
+        probe.publish(svc.topics["prompt"], {"id": "live", "prompt": "new"})
+        assert probe.final("live")["status"] == "ok"
+        assert probe.replies("stale") == []
+    finally:
+        setter.publish(f"rkllm/{node}/prompt", b"", retain=True)
+
+
 def test_response_topic_allow_list(broker, daemon, probe_factory):
     svc = daemon(broker)
     probe = probe_factory(broker, topics=("rkllm/reply/#", svc.topics["response"], "elsewhere/#"))
