@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import OutsideClient
+from harness import OutsideClient, wait_until
 from homeassistant.components import conversation
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Context, HomeAssistant
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers import intent
 from integration_fixtures import (
     BASE_TOPIC,
@@ -328,3 +330,34 @@ async def test_an_empty_answer_keeps_the_conversation_consistent(
     request2 = await spy.request()
     assert request2["conversation"] == request["conversation"]
     assert request2["messages"] == [{"role": "user", "content": "Now speak"}]
+
+
+async def test_the_agent_joins_the_device_of_the_daemons_discovery(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    devices = dr.async_get(hass)
+    daemon_device = await wait_until(
+        hass, lambda: devices.async_get_device(identifiers={("mqtt", f"rkllm_{NODE_ID}")}),
+        "the device from the daemon's MQTT discovery",
+    )
+    entry = await setup_entry(hass)
+
+    entity = er.async_get(hass).async_get(ENTITY_ID)
+    assert entity.device_id == daemon_device.id
+    device = devices.async_get(daemon_device.id)
+    assert entry.entry_id in device.config_entries
+    assert device.name == f"RKLLM {NODE_ID}"  # the daemon's name, not overwritten
+
+
+async def test_without_the_daemons_discovery_the_agent_has_its_own_device(
+    ha_with_mqtt: HomeAssistant
+) -> None:
+    hass = ha_with_mqtt
+    entry = await setup_entry(hass)
+    entity = er.async_get(hass).async_get(ENTITY_ID)
+    device = dr.async_get(hass).async_get(entity.device_id)
+    assert device.identifiers == {(rkllm_const.DOMAIN, entry.entry_id)}
+    assert device.name == f"RKLLM {NODE_ID}"
+    assert device.entry_type is dr.DeviceEntryType.SERVICE
