@@ -194,11 +194,13 @@ class Probe:
     def wait_for(self, pred: Callable[[Received], bool], timeout: float = 15.0) -> Received:
         """The first message (received so far or later) for which `pred` holds."""
         deadline = time.monotonic() + timeout
+        checked = 0  # each message is tested once, so a long stream stays linear
         with self._cond:
             while True:
-                for m in self.received:
+                for m in self.received[checked:]:
                     if pred(m):
                         return m
+                checked = len(self.received)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = [(m.topic, m.payload[:200]) for m in self.received[-10:]]

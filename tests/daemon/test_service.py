@@ -343,3 +343,19 @@ def test_shutdown_answers_queued_and_publishes_offline(broker, daemon_settings, 
     finals = probe.matching(lambda m: m.topic == svc.topics["response"]
                             and m.json.get("type") == "final")
     assert len(finals) == 2 and all(m.at <= offline.at for m in finals)
+
+
+def test_long_answers_are_bounded_for_home_assistant(broker, daemon, probe_factory):
+    svc = daemon(broker, runtime={"max_context_len": 4096})
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    probe.publish(svc.topics["prompt"], {"id": "long", "prompt": "[sim:tokens=3500]",
+                                         "stream": False})
+    final = probe.final("long")
+    assert len(final["text"]) > 16384  # the reply itself is never cut
+    short = probe.wait_for(lambda m: m.topic == svc.topics["last_response"]).text
+    assert len(short) == 255 and short.endswith("…") and final["text"].startswith(short[:-1])
+    attrs = probe.wait_for(lambda m: m.topic == svc.topics["attributes"])
+    assert len(attrs.payload) <= 16000 and attrs.json["truncated"] is True
+    assert final["text"].startswith(attrs.json["text"]) and len(attrs.json["text"]) > 15000
+    event = probe.wait_for(lambda m: m.topic == svc.topics["event"])
+    assert len(event.payload) <= 16000 and event.json["truncated"] is True
