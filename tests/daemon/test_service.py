@@ -359,3 +359,19 @@ def test_long_answers_are_bounded_for_home_assistant(broker, daemon, probe_facto
     assert final["text"].startswith(attrs.json["text"]) and len(attrs.json["text"]) > 15000
     event = probe.wait_for(lambda m: m.topic == svc.topics["event"])
     assert len(event.payload) <= 16000 and event.json["truncated"] is True
+
+
+def test_model_that_does_not_load_reports_error_and_goes_offline(broker, daemon_settings,
+                                                                 probe_factory, tmp_path):
+    from rkllm_mqtt.errors import RuntimeInitError
+    from rkllm_mqtt.service import Service
+
+    settings = daemon_settings(broker, runtime={"model": str(tmp_path / "missing.rkllm")})
+    prefix = settings.mqtt.prefix
+    probe = probe_factory(broker, topics=(f"{prefix}/#",))
+    with pytest.raises(RuntimeInitError):
+        Service(settings).start(connect_attempts=3)
+    probe.wait_for(lambda m: m.topic == f"{prefix}/state" and m.json["state"] == "error")
+    probe.wait_for(lambda m: m.topic == f"{prefix}/status" and m.payload == b"offline")
+    states = [m.json["state"] for m in probe.matching(lambda m: m.topic == f"{prefix}/state")]
+    assert states == ["loading", "error"]
