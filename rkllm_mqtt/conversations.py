@@ -93,8 +93,7 @@ class Conversations:
         An incomplete run leaves the cache in an unknown state, so the next run rebuilds.
         """
         if answer is None:
-            if self._kv_owner is not None or conversation is not None:
-                self._kv_owner, self._kv_dirty = None, True
+            self._kv_owner, self._kv_dirty = None, True
             return
         if conversation is None:
             return

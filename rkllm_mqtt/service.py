@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from rkllm_mqtt import __version__
 from rkllm_mqtt.config import RuntimeSettings, Settings
 from rkllm_mqtt.conversations import Conversations, Plan
+from rkllm_mqtt.discovery import build_discovery, discovery_topic
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
 from rkllm_mqtt.protocol import (
@@ -533,11 +534,8 @@ class Service:
             self.mqtt.publish_raw(self.topics["state"], payload, retain=True)
 
     def _publish_discovery(self) -> None:
-        ha = self.settings.homeassistant
-        from rkllm_mqtt.discovery import build_discovery, discovery_topic
-
         topic = discovery_topic(self.settings)
-        if ha.discovery:
+        if self.settings.homeassistant.discovery:
             payload = _json(build_discovery(self.settings, model=self._info.model or None))
             self.mqtt.publish_raw(topic, payload, qos=1, retain=True)
         else:
@@ -651,8 +649,6 @@ def _one_shot_client(settings: Settings, suffix: str) -> MqttClient:
 
 def publish_discovery(settings: Settings) -> int:
     """`rkllm-mqtt discovery`: publish the retained device discovery once."""
-    from rkllm_mqtt.discovery import build_discovery, discovery_topic
-
     client = _one_shot_client(settings, "discovery")
     try:
         model = os.path.basename(settings.runtime.model or "") or None
@@ -667,8 +663,6 @@ def publish_discovery(settings: Settings) -> int:
 
 def remove_discovery(settings: Settings) -> int:
     """`rkllm-mqtt discovery --remove`: clear the retained discovery so HA forgets the device."""
-    from rkllm_mqtt.discovery import discovery_topic
-
     client = _one_shot_client(settings, "discovery")
     try:
         info = client.publish_raw(discovery_topic(settings), b"", qos=1, retain=True)

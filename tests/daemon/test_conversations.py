@@ -54,6 +54,13 @@ def test_failed_run_forces_rebuild_and_is_not_recorded():
     assert p.clear_kv and not p.continues_kv and len(p.messages) == 3
 
 
+def test_any_failed_run_clears_the_cache_before_the_next_conversation():
+    c = store()
+    c.plan(None, user("q"), None)
+    c.finished(None, user("q"), None, None)  # an aborted one-off run: the cache state is unknown
+    assert c.plan("a", user("1"), None).clear_kv
+
+
 def test_bounds_turns_chars_and_count():
     c = store(max_turns=2, max_chars=20)
     for i in range(4):
