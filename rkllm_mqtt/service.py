@@ -7,9 +7,9 @@ Threads and who owns what:
 - the runtime's thread emits events through the `Engine` boundary: tokens are published straight
   from there (one small JSON and one publish per token, nothing else), finals go to the inbox.
 
-The runtime sits behind `Engine` (commands in, events out, all plain picklable values) so that it
-can later move into a child process, where a crash of the native library becomes a
-`runtime_crashed` reply instead of the end of the daemon.
+The runtime sits behind `Engine` (commands in, events out, all plain picklable values): in this
+process (`InProcessEngine`), or in a child process (`ProcessEngine`), where a crash of the native
+library becomes a `runtime_crashed` reply and a reload instead of the end of the daemon.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from rkllm_mqtt import __version__
 from rkllm_mqtt.config import RuntimeSettings, Settings
 from rkllm_mqtt.conversations import Conversations, Plan
 from rkllm_mqtt.discovery import build_discovery, discovery_topic
+from rkllm_mqtt.engine import Engine, EngineInfo, EngineSink, InProcessEngine, RunCommand
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
 from rkllm_mqtt.protocol import (
@@ -53,7 +54,6 @@ from rkllm_mqtt.runtime import (
     FinalEvent,
     GenerationRequest,
     Sampling,
-    Session,
     TokenEvent,
 )
 from rkllm_mqtt.scheduler import QueueFull, RecentIds, Scheduler
@@ -64,73 +64,6 @@ log = logging.getLogger(__name__)
 LAST_RESPONSE_CHARS = 255  # HA's state limit
 ATTRIBUTES_MAX_BYTES = 16000  # HA's recorder drops attributes over 16384 bytes
 SHUTDOWN_FLUSH_S = 5.0
-
-
-# ----------------------------------------------------------------------------- engine boundary
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    model: str
-    abi: str
-    runtime_version: str | None
-    supports_history: bool
-
-
-@dataclass(frozen=True)
-class RunCommand:
-    """One run: clear the KV cache first when the conversation plan says so, then generate."""
-
-    request: GenerationRequest
-    clear_kv: bool = False
-
-
-EngineSink = Callable[[str, Event], None]
-
-
-class Engine(Protocol):
-    """Commands in (`run`, `abort`), events out (the sink: job id + runtime event)."""
-
-    def open(self) -> EngineInfo: ...
-
-    def run(self, job_id: str, command: RunCommand) -> None: ...
-
-    def abort(self, job_id: str, reason: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class InProcessEngine:
-    """The runtime Session in this process; events come from the runtime's threads."""
-
-    def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
-        self.session = Session(settings)
-        self._sink = sink
-        self._generations: dict[str, Any] = {}
-
-    def open(self) -> EngineInfo:
-        s = self.session
-        s.open()
-        return EngineInfo(s.model_name, s.abi, s.runtime_version, s.supports_history)
-
-    def run(self, job_id: str, command: RunCommand) -> None:
-        if command.clear_kv:
-            self.session.clear()
-
-        def sink(event: Event) -> None:
-            if not isinstance(event, TokenEvent):
-                self._generations.pop(job_id, None)
-            self._sink(job_id, event)
-
-        self._generations[job_id] = self.session.generate(command.request, sink)
-
-    def abort(self, job_id: str, reason: str) -> None:
-        generation = self._generations.get(job_id)
-        if generation is not None:
-            generation.abort(reason)
-
-    def close(self) -> None:
-        self.session.close()
 
 
 # ----------------------------------------------------------------------------- the service
@@ -398,7 +331,7 @@ class Service:
         self.engine.abort(job.request.key, reason)
 
     def _dispatch(self) -> None:
-        if self._running is not None or not self._ready or self._stopping:
+        if self._running is not None or not self._ready or self._stopping or not self.engine.ready:
             return
         job = self._scheduler.pop()
         if job is None:
@@ -439,7 +372,14 @@ class Service:
             self._conversations.finished(request.conversation, job.new_messages, request.system, None)
             code = (ErrorCode(event.code) if event.code in ErrorCode.__members__.values()
                     else ErrorCode.RUNTIME_ERROR)
-            self._answer_error(request, code, event.message, finish_reason="error",
+            message, finish_reason = event.message, "error"
+            if code is ErrorCode.RUNTIME_CRASHED and job.abort_reason is not None:
+                # killed because it ignored our abort: the answer is still the abort's
+                code = (ErrorCode.DEADLINE_EXCEEDED if job.abort_reason == "deadline"
+                        else ErrorCode.ABORTED)
+                message = f"{job.abort_message}; the runtime did not stop and was restarted"
+                finish_reason = job.abort_reason
+            self._answer_error(request, code, message, finish_reason=finish_reason,
                                text=event.text or None)
             return
         stats = event.stats
@@ -514,8 +454,11 @@ class Service:
             self.mqtt.publish_raw(self.topics["attributes"], last["attributes"], retain=True)
 
     def state_payload(self) -> dict[str, Any]:
+        state = self._state
+        if state == "idle" and not self.engine.ready:
+            state = "loading"  # a crashed runtime is being reloaded
         return {
-            "state": self._state,
+            "state": state,
             "busy": self._running is not None,
             "queue": len(self._scheduler),
             "model": self._info.model,
