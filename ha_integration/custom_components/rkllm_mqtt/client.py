@@ -168,7 +168,8 @@ class RkllmClient:
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "priority": priority,
-            # The daemon drops the request if it is still queued when this Home Assistant stops waiting.
+            # The daemon's own deadline for it, queued or running: nobody waits for it after that, even
+            # when this Home Assistant is gone before it could publish an abort.
             "ttl_s": timeout,
         }
         return Generation(self, {k: v for k, v in request.items() if v is not None}, timeout)

@@ -23,14 +23,14 @@ from .const import (
     DOMAIN,
 )
 
-# Conversations remembered per daemon; Home Assistant drops a chat session after minutes of silence.
-MAX_TRACKED_CONVERSATIONS = 64
-
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
 
     from . import RkllmConfigEntry
     from .client import Generation
+
+# Conversations remembered per daemon; Home Assistant drops a chat session after minutes of silence.
+MAX_TRACKED_CONVERSATIONS = 64
 
 
 def daemon_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
