@@ -145,3 +145,21 @@ def test_password_file_and_tls_with_client_certificate(private_broker, clients, 
                                tls_ca=tls_files["ca"]), client_id="tls-nocert")
     with pytest.raises(MqttConnectError):
         bare.connect(attempts=1)
+
+
+def test_a_stop_request_ends_the_first_connect_retries(clients):
+    c, _ = clients(MqttSettings(host="127.0.0.1", port=free_port(), node_id="t"))
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            c.connect(attempts=None, stop=stop)  # would retry forever
+        except BaseException as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and isinstance(outcome[0], MqttConnectError)
