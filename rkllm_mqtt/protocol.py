@@ -16,6 +16,9 @@ Decisions (the README and the report repeat them):
   told apart and it can be aborted; only client ids take part in duplicate detection.
 - The prompt size (prompt + messages + system, in characters) over `limits.max_prompt_chars` is
   `invalid_request`; `context_too_long` is kept for what the runtime itself refuses.
+- The MQTT 5 Response Topic property passes the same allow-list as the JSON `response_topic`; when
+  both are given the JSON field wins, but a forbidden property is refused either way. Errors found
+  before the target is known go to `~/response` (or to an allowed property topic) with id null.
 """
 
 from __future__ import annotations
