@@ -118,11 +118,6 @@ class Conversations:
             if evicted == self._kv_owner:
                 self._kv_owner, self._kv_dirty = None, True
 
-    def forget(self, conversation: str) -> None:
-        self._store.pop(conversation, None)
-        if self._kv_owner == conversation:
-            self._kv_owner, self._kv_dirty = None, True
-
 
 def _turn_chars(user: Sequence[Message], answer: str) -> int:
     return sum(len(m.content) for m in user) + len(answer)
