@@ -344,8 +344,9 @@ class Service:
         job.run_deadline = min(timeout_at, job.deadline) if job.deadline else timeout_at
         generation = GenerationRequest(
             messages=tuple(ChatMessage(m.role, m.content) for m in plan.messages),
-            system=None if plan.continues_kv else plan.system,
+            system=plan.system,
             keep_history=plan.keep_history,
+            continues_history=plan.continues_kv,
             max_new_tokens=request.max_new_tokens,
             sampling=Sampling(top_k=request.top_k, top_p=request.top_p,
                               temperature=request.temperature),

@@ -40,6 +40,9 @@ class GenerationRequest:
     messages: tuple[ChatMessage, ...] = ()
     system: str | None = None
     keep_history: bool = False
+    # The KV cache already holds this conversation (system prompt included): send only the new
+    # turn, without putting the system text in front of it again.
+    continues_history: bool = False
     max_new_tokens: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()

@@ -255,6 +255,8 @@ class Session:
             self._templates, system, prompt,
             native_template=self.abi != "1.1",
         )
+        if request.continues_history and request.keep_history:
+            plan = PromptPlan(prompt, plan.template)
         with self._lock:
             if self._closed:
                 raise RuntimeRunError("the RKLLM session is closed")

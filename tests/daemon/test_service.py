@@ -375,3 +375,15 @@ def test_model_that_does_not_load_reports_error_and_goes_offline(broker, daemon_
     probe.wait_for(lambda m: m.topic == f"{prefix}/status" and m.payload == b"offline")
     states = [m.json["state"] for m in probe.matching(lambda m: m.topic == f"{prefix}/state")]
     assert states == ["loading", "error"]
+
+
+def test_system_prompt_enters_the_cache_once_per_conversation(broker, daemon, probe_factory):
+    svc = daemon(broker, runtime={"system_prompt": "SYS"})
+    probe = probe_factory(broker, topics=(svc.topics["response"],))
+    for rid, text in (("s1", "first"), ("s2", "second"), ("s3", "third")):
+        probe.publish(svc.topics["prompt"], {"id": rid, "prompt": text, "conversation": "C"})
+        assert probe.final(rid)["status"] == "ok"
+    history = svc.engine.session.call_native(_sim_history)
+    prompts = history[0::2]
+    # the first turn carries the system text; later turns continue the KV cache without it
+    assert prompts == ["SYS\n\nfirst", "second", "third"]
