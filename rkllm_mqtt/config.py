@@ -164,6 +164,9 @@ class RuntimeSettings(_Section):
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
     keep_history: bool = True
+    # "thread": the runtime runs inside the daemon (smallest memory). "process": in a child process,
+    # so a native crash costs one request (`runtime_crashed`) and a model reload, not the daemon.
+    isolation: Literal["thread", "process"] = "thread"
 
     @field_validator("enabled_cpus_mask", mode="before")
     @classmethod

@@ -31,7 +31,14 @@ from rkllm_mqtt import __version__
 from rkllm_mqtt.config import RuntimeSettings, Settings
 from rkllm_mqtt.conversations import Conversations, Plan
 from rkllm_mqtt.discovery import build_discovery, discovery_topic
-from rkllm_mqtt.engine import Engine, EngineInfo, EngineSink, InProcessEngine, RunCommand
+from rkllm_mqtt.engine import (
+    Engine,
+    EngineInfo,
+    EngineSink,
+    InProcessEngine,
+    ProcessEngine,
+    RunCommand,
+)
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
 from rkllm_mqtt.protocol import (
@@ -96,8 +103,11 @@ class Service:
     """The whole daemon; `start()` connects and loads the model, `stop()` shuts down cleanly."""
 
     def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
-                 engine_factory: Callable[[RuntimeSettings, EngineSink], Engine] = InProcessEngine,
+                 engine_factory: Callable[[RuntimeSettings, EngineSink], Engine] | None = None,
                  ) -> None:
+        if engine_factory is None:
+            isolated = settings.runtime.isolation == "process"
+            engine_factory = ProcessEngine if isolated else InProcessEngine
         self.settings = settings
         m = settings.mqtt
         self.prefix = m.prefix

@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from rkllm_mqtt.engine import ProcessEngine
+from rkllm_mqtt.engine import InProcessEngine, ProcessEngine
 from rkllm_mqtt.errors import RuntimeInitError
 from rkllm_mqtt.service import Service
 from rkllm_mqtt.simulator import expected_answer
@@ -72,3 +72,9 @@ def test_load_errors_come_back_from_the_child(broker, daemon_settings, tmp_path)
     settings = daemon_settings(broker, runtime={"model": str(tmp_path / "nope.rkllm")})
     with pytest.raises(RuntimeInitError, match=r"nope\.rkllm"):
         Service(settings, engine_factory=ProcessEngine).start(connect_attempts=3)
+
+
+def test_runtime_isolation_key_selects_the_engine(broker, daemon_settings):
+    assert isinstance(Service(daemon_settings(broker)).engine, InProcessEngine)
+    isolated = Service(daemon_settings(broker, runtime={"isolation": "process"}))
+    assert isinstance(isolated.engine, ProcessEngine)
