@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local LLM on a Rockchip NPU (RKLLM) over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: INFO for run/check/discovery, WARNING for the interactive "
+                             "commands (their output is the answer)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, func, *, config: bool = True) -> argparse.ArgumentParser:
@@ -118,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interactive = args.command in ("generate", "ask", "demo")
     logging.basicConfig(
-        level=args.log_level,
+        level=args.log_level or ("WARNING" if interactive else "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -7,7 +7,9 @@ payload) the way Zigbee2MQTT copies `transaction`: no reply path can forget them
 
 Decisions (the README and the report repeat them):
 - A payload whose first non-blank character is `{` is a JSON request; anything else is a plain
-  text prompt. So a typo in JSON is `invalid_json`, never silently answered as a prompt.
+  text prompt. So a typo in JSON is `invalid_json`, never silently answered as a prompt. A payload
+  that is a whole JSON array (`[...]` that parses) is `invalid_request`: a client sent JSON, just
+  not an object, while "[kitchen] lights?" stays a prompt.
 - `stream` defaults to true for every request (plain text included): tokens flow unless a client
   says `"stream": false`.
 - Unknown JSON fields are ignored (clients written for a later contract keep working); a known field
@@ -227,6 +229,9 @@ def parse_request(
     stripped = text.strip()
     if not stripped:
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "empty prompt", target)
+    if stripped.startswith("[") and _is_json(stripped):
+        raise RequestRejected(ErrorCode.INVALID_REQUEST,
+                              "a JSON request must be an object ({...}), not an array", target)
     if not stripped.startswith("{"):
         target = ReplyTarget(new_request_id(), target.topic, correlation_data)
         _check_size(len(stripped), policy, target)
@@ -238,6 +243,14 @@ def parse_request(
         raise RequestRejected(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {err}",
                               target) from None
     return _from_json(obj, policy, target)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
 
 
 def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) -> Request:

@@ -82,6 +82,13 @@ def test_invalid_json_has_null_id(payload):
     assert err.target.topic == POLICY.default_topic
 
 
+def test_json_array_is_refused_but_bracketed_text_is_a_prompt():
+    err = rejected(b'["turn", "on"]')
+    assert err.code is ErrorCode.INVALID_REQUEST and "object" in err.message
+    req = parse_request(b"[kitchen] is the light on?", POLICY)
+    assert req.plain and req.prompt == "[kitchen] is the light on?"
+
+
 @pytest.mark.parametrize(("payload", "field"), [
     ({"id": "a", "prompt": 5}, "prompt"),
     ({"id": "a", "prompt": "x", "stream": "yes"}, "stream"),
