@@ -17,12 +17,11 @@ import uuid
 from typing import Any, TextIO
 
 from rkllm_mqtt.config import Settings
+from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # an error reply, or no final reply in time
 
 
 def ask(
@@ -96,8 +95,8 @@ def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: 
             out.write("\n")
         error = reply.get("error") or {}
         err.write(f"rkllm-mqtt: error reply: {error.get('code')}: {error.get('message')}\n")
-        return EXIT_FAILED
+        return EXIT_FAILURE
     hint = " (the daemon is offline)" if daemon_status == "offline" else (
         " (no daemon has announced itself on this node)" if daemon_status is None else "")
     err.write(f"rkllm-mqtt: no final reply within {timeout:g} s{hint}\n")
-    return EXIT_FAILED
+    return EXIT_FAILURE

@@ -16,11 +16,7 @@ from pathlib import Path
 from rkllm_mqtt import __version__
 from rkllm_mqtt.config import DEFAULT_CONFIG_PATH, Settings, load_config
 from rkllm_mqtt.errors import ConfigError, RkllmMqttError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the work itself failed: error reply, timeout, runtime error
-EXIT_USAGE = 2  # bad command line or configuration
-EXIT_RUNTIME = 3  # the runtime library or model could not be loaded
+from rkllm_mqtt.exitcodes import EXIT_RUNTIME, EXIT_USAGE
 
 log = logging.getLogger("rkllm_mqtt")
 

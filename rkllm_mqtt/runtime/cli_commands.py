@@ -12,13 +12,10 @@ from typing import TextIO
 
 from rkllm_mqtt.config import Settings
 from rkllm_mqtt.errors import RkllmMqttError
+from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME
 from rkllm_mqtt.runtime.events import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
 from rkllm_mqtt.runtime.library import FAMILIES, open_library
 from rkllm_mqtt.runtime.session import Session
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_RUNTIME = 3
 
 
 def _fail(err: RkllmMqttError | str, stream: TextIO) -> int:
