@@ -387,3 +387,28 @@ def test_system_prompt_enters_the_cache_once_per_conversation(broker, daemon, pr
     prompts = history[0::2]
     # the first turn carries the system text; later turns continue the KV cache without it
     assert prompts == ["SYS\n\nfirst", "second", "third"]
+
+
+def test_discovery_cli_publishes_and_removes_the_retained_config(broker, probe_factory):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RKLLM_MQTT_MQTT__HOST": broker.host,
+           "RKLLM_MQTT_MQTT__PORT": str(broker.port), "RKLLM_MQTT_MQTT__NODE_ID": "clinode",
+           "RKLLM_MQTT_HOMEASSISTANT__DISCOVERY_PREFIX": "hacli"}
+    topic = "hacli/device/clinode/config"
+
+    def cli(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "rkllm_mqtt", "discovery", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    cli()
+    published = probe_factory(broker, topics=(topic,)).wait_for(lambda m: m.topic == topic)
+    assert published.retain and published.json["cmps"]["status"]["p"] == "sensor"
+    cli("--remove")
+    probe = probe_factory(broker, topics=(topic, "rkllm/clinode/status"))
+    probe.publish("rkllm/clinode/status", b"marker", retain=False)
+    probe.wait_for(lambda m: m.topic == "rkllm/clinode/status")
+    assert probe.matching(lambda m: m.topic == topic) == []  # the retained config is gone
