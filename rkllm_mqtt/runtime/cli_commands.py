@@ -35,11 +35,12 @@ def check(
         return _fail(error, err)
     how = "auto-detected" if runtime.abi == "auto" else "from runtime.abi"
     names = [fn.name for fn in FAMILIES[loaded.abi].FUNCTIONS]
+    bound = [name for name in names if getattr(loaded.functions, name) is not None]
     print(f"library:         {loaded.path}", file=out)
     print(f"ABI family:      {loaded.abi} ({how})", file=out)
     print(f"runtime version: {loaded.runtime_version or 'not found in the library file'}",
           file=out)
-    print(f"symbols:         {len(names)} of {len(names)} bound: {', '.join(names)}", file=out)
+    print(f"symbols:         {len(bound)} of {len(names)} exported: {', '.join(bound)}", file=out)
     model = runtime.model
     if not model:
         return _fail("runtime.model is not set (the path of the .rkllm model file)", err)

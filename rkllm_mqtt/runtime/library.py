@@ -83,8 +83,10 @@ def library_file(lib: ctypes.CDLL, path: str) -> str:
     return path
 
 
-def symbol_family(lib: ctypes.CDLL, file: str) -> str:
-    """"1.1", "1.2.0" or "1.2+" (1.2.1-1.3.0) from the exported names alone."""
+def symbol_family(lib: ctypes.CDLL, file: str) -> str | None:
+    """"1.1", "1.2.0" or "1.2+" (1.2.1-1.3.0) when the exports are exactly one family's whole
+    function list; None when they match no family completely (a trimmed build, or 1.0.x, which
+    exports a subset of 1.1's names with other layouts): then only a version string can tell."""
 
     def exports(name: str) -> bool:
         try:
@@ -98,11 +100,13 @@ def symbol_family(lib: ctypes.CDLL, file: str) -> str:
             f"{file} is not an RKLLM runtime (it does not export rkllm_init/rkllm_run); "
             "check runtime.library"
         )
-    if not exports("rkllm_set_chat_template"):
-        return "1.1"
-    if not exports("rkllm_set_function_tools"):
-        return "1.2.0"
-    return "1.2+"
+    names = {family: {fn.name for fn in module.FUNCTIONS} for family, module in FAMILIES.items()}
+    exported = {name for name in set().union(*names.values()) if exports(name)}
+    if exported == names["1.2"]:  # 1.3.0 exports the same names
+        return "1.2+"
+    if exported in (names["1.2.0"], names["1.1"]):
+        return "1.2.0" if exported == names["1.2.0"] else "1.1"
+    return None
 
 
 def runtime_versions(file: str) -> set[str]:
@@ -133,29 +137,35 @@ def family_of_version(version: str) -> str | None:
     return None
 
 
-def _evidence(lib: ctypes.CDLL, file: str) -> tuple[str, str | None, set[str]]:
+def _evidence(lib: ctypes.CDLL, file: str) -> tuple[str | None, str | None, set[str]]:
     """(symbol family, the one labelled version or None, all labelled versions)."""
     versions = runtime_versions(file)
     return symbol_family(lib, file), (next(iter(versions)) if len(versions) == 1 else None), versions
 
 
+def _fits(symbols: str | None, family: str) -> bool:
+    """Whether a version's family agrees with the exports (incomplete exports contradict nothing)."""
+    return symbols is None or symbols == family or (symbols == "1.2+" and family in ("1.2", "1.3"))
+
+
 def _detect(lib: ctypes.CDLL, file: str) -> tuple[str, str | None]:
     symbols, version, versions = _evidence(lib, file)
-    if symbols in ("1.1", "1.2.0"):
-        return symbols, version
     family = family_of_version(version) if version else None
-    if family in ("1.2", "1.3"):
+    if family is not None and _fits(symbols, family):
         return family, version
+    if version is None and len(versions) <= 1 and symbols in ("1.1", "1.2.0"):
+        return symbols, None
     if len(versions) > 1:
         seen = f"it contains several version strings ({', '.join(sorted(versions))})"
     elif version:
-        seen = f"its version string says {version}, which does not fit its symbols"
+        seen = f"its version string says {version}, which does not fit its exported functions"
+    elif symbols == "1.2+":
+        seen = ("it exports the 1.2.1+ functions, which 1.2.1-1.2.3 and 1.3.0 share, and carries "
+                "no runtime version string")
     else:
-        seen = "it carries no runtime version string"
-    raise AbiDetectionError(
-        f"cannot tell the ABI of {file}: it exports the 1.2.1+ functions, which 1.2.1-1.2.3 and "
-        f"1.3.0 share, and {seen}; set runtime.abi to {ABI_CHOICES}"
-    )
+        seen = ("its exported functions match no release's complete list and it carries no "
+                "runtime version string")
+    raise AbiDetectionError(f"cannot tell the ABI of {file}: {seen}; set runtime.abi to {ABI_CHOICES}")
 
 
 def detect_abi(path: str) -> str:
@@ -176,9 +186,7 @@ def _check_explicit(abi: str, lib: ctypes.CDLL, file: str) -> str | None:
     # Symbols are weaker evidence than the library's own version string (a trimmed or patched build
     # may export more or fewer entry points), so an explicit choice that they contradict is trusted
     # and only logged.
-    if (symbols in ("1.1", "1.2.0") and abi != symbols) or (
-        symbols == "1.2+" and abi in ("1.1", "1.2.0")
-    ):
+    if not _fits(symbols, abi):
         log.warning('runtime.abi is "%s" but the symbols of %s look like %s; using "%s" as configured',
                     abi, file, symbols, abi)
     return version

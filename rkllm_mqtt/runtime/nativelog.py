@@ -111,7 +111,7 @@ def explain_init_failure(
             f"rkllm-toolkit version and target platform{said}"
         )
     return (
-        f"rkllm_init failed ({status}) for {model}{said}; check that runtime.max_context_len "
+        f"returned {status} for {model}{said}; check that runtime.max_context_len "
         f"({max_context_len}) is within the model's limit and that the model was converted for "
         f"{runtime} and this board"
     )

@@ -30,6 +30,7 @@ from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
     RKLLM_RUN_FINISH,
     RKLLM_RUN_NORMAL,
+    RKLLM_RUN_WAITING,
     LLMHandle,
 )
 from rkllm_mqtt.runtime.events import (
@@ -455,16 +456,17 @@ class Session:
             if status_restore != 0:
                 log.error("could not restore the configured chat template (%d)", status_restore)
 
-        tail = run.stream.finish()
+        failed = status != 0 or run.error_seen
+        capped = bool(run.length_cap and run.tokens >= run.length_cap)
+        tail = run.stream.finish(complete=run.stop_reason is None and not failed and not capped)
         if tail:
             generation._emit(TokenEvent(tail))
         text = run.stream.text
         if run.stop_reason is not None:
             return FinalEvent(text, run.stop_reason, self._stats(run, ended))
-        if status != 0 or run.error_seen:
+        if failed:
             return self._run_error(plan.text, status, text)
-        reason = "length" if run.length_cap and run.tokens >= run.length_cap else "stop"
-        return FinalEvent(text, reason, self._stats(run, ended))
+        return FinalEvent(text, "length" if capped else "stop", self._stats(run, ended))
 
     def _run_error(self, prompt: str, status: int, text: str) -> ErrorEvent:
         limit = self._param.max_context_len
@@ -579,7 +581,10 @@ class Session:
         if run.abort_before_callback:  # our abort may have come before the run began: repeat it
             run.abort_before_callback = False
             self._abort_from_callback(run)
-        if state == RKLLM_RUN_NORMAL:
+        # WAITING (1.1.x): "the decoded character is not complete UTF-8"; whatever bytes it
+        # carries belong to the text (Rockchip's own 1.1 servers join them with the next token),
+        # and the incremental decoder holds them until the character is whole.
+        if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
             data = result.contents.text if result else None  # copied now: freed after we return
             if not data or run.stop_reason is not None:
                 return
@@ -602,6 +607,4 @@ class Session:
                             perf.generate_tokens, perf.memory_usage_mb)
         elif state == RKLLM_RUN_ERROR:
             run.error_seen = True
-        # RKLLM_RUN_WAITING (1.1.x): the bytes of an incomplete character came with the NORMAL
-        # callback before it and wait in the UTF-8 decoder; its own text is not used.
 

@@ -32,11 +32,18 @@ class TextStream:
             return ""
         return self._release(self._pending + self._decoder.decode(data), final=False)
 
-    def finish(self) -> str:
-        """End of run: flush a dangling partial character (as U+FFFD) and held-back text."""
+    def finish(self, *, complete: bool = True) -> str:
+        """End of run: release held-back text and settle a dangling partial character.
+
+        After a run that completed, a partial character means the runtime sent broken UTF-8 and
+        becomes U+FFFD; after a run cut short (abort, error, length) the rest of the character
+        simply never came, so its bytes are dropped instead of showing a replacement character.
+        """
         if self.stopped:
             return ""
-        return self._release(self._pending + self._decoder.decode(b"", final=True), final=True)
+        tail = self._decoder.decode(b"", final=True) if complete else ""
+        self._decoder.reset()
+        return self._release(self._pending + tail, final=True)
 
     def _release(self, buffer: str, *, final: bool) -> str:
         cut = min((i for i in (buffer.find(s) for s in self._stop) if i >= 0), default=-1)

@@ -13,6 +13,8 @@
  *   RKLLM_SIM_ABI  11 = 1.1.0–1.1.4 (reports 1.1.4)   120 = 1.2.0 (reports 1.2.0)
  *                  12 = 1.2.1–1.2.3 (reports 1.2.3)  13 = 1.3.0 (reports 1.3.0)
  *   -DRKLLM_SIM_NO_VERSION leaves the "rkllm-runtime version: X.Y.Z" string out of the binary.
+ *   -DRKLLM_SIM_MINIMAL exports only the entry points a server needs (createDefaultParam, init,
+ *   run, abort, destroy; clear_kv_cache and set_chat_template from 1.2.0), like a trimmed build.
  *
  * Defaults (rkllm_createDefaultParam): model_path NULL, max_context_len 512, max_new_tokens -1
  * (<= 0: unlimited up to the context), top_k 40, n_keep -1 (1.2.0+), top_p 0.9, temperature 0.8,
@@ -40,6 +42,8 @@
  *                                   crash: every run crashes like [sim:crash]
  *   RKLLM_SIM_MODEL_MAX_CONTEXT=N   the model's max_context_limit (default 4096)
  *   RKLLM_SIM_CALLBACK_THREAD=1     rkllm_run does the callbacks from a thread it spawns and joins
+ *   RKLLM_SIM_WAITING_TEXT=1        1.1: a chunk ending inside a character is sent with the WAITING
+ *                                   state and its bytes (instead of NORMAL + an empty WAITING)
  *   RKLLM_SIM_PREFILL_TPS=X         prefill speed in tokens/s (0 = no delay, the default)
  *   RKLLM_SIM_DECODE_TPS=X          decode speed in tokens/s (0 = no delay, the default)
  *   RKLLM_SIM_SPEED=rk3588          preset: Qwen2.5-1.5B w8a8 on RK3588 (v1.3.0 benchmark: 128-token
@@ -1038,6 +1042,7 @@ static int sim_stream(SimJob *job) {
 
     size_t emitted = 0; /* bytes of ans.text streamed so far */
     int generated = 0;
+    const bool waiting_text = sim_env_is("RKLLM_SIM_WAITING_TEXT", "1");
     for (size_t i = 0; !aborted && i < ans.n && (long)i < limit; i++) {
         if (crash && generated == SIM_CRASH_AFTER) sim_crash();
         if (error_after >= 0 && generated >= error_after) break;
@@ -1052,7 +1057,11 @@ static int sim_stream(SimJob *job) {
         if (len >= sizeof chunk) len = sizeof chunk - 1;
         memcpy(chunk, ans.text.data + start, len);
         chunk[len] = '\0';
-        int rc = sim_emit(h, job->userdata, chunk, (int32_t)i, RKLLM_RUN_NORMAL, NULL);
+        /* 1.1 with RKLLM_SIM_WAITING_TEXT=1: a chunk that ends inside a character comes with the
+         * WAITING state and its bytes, the reading of Rockchip's 1.1 demos (they keep those bytes). */
+        bool partial = SIM_FAMILY == 1 && ends_mid_char(ans.text.data, ans.text.len, ans.ends[i]);
+        int state = partial && waiting_text ? RKLLM_RUN_WAITING : RKLLM_RUN_NORMAL;
+        int rc = sim_emit(h, job->userdata, chunk, (int32_t)i, state, NULL);
         explicit_bzero(chunk, sizeof chunk); /* the pointer was only valid during the callback */
         generated++;
         emitted = ans.ends[i];
@@ -1060,8 +1069,7 @@ static int sim_stream(SimJob *job) {
             paused = true;
             break;
         }
-        if (SIM_FAMILY == 1 && ends_mid_char(ans.text.data, ans.text.len, emitted))
-            sim_emit(h, job->userdata, NULL, -1, RKLLM_RUN_WAITING, NULL);
+        if (partial && !waiting_text) sim_emit(h, job->userdata, NULL, -1, RKLLM_RUN_WAITING, NULL);
         if (hang) {
             while (!atomic_load(&h->abort_flag)) sim_sleep_slice(SIM_SLICE_MS);
             aborted = true;
@@ -1329,6 +1337,7 @@ SIM_EXPORT int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallbac
     return 0;
 }
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *lora_adapter) {
     SimHandle *h = sim_handle(handle);
     if (!h || !lora_adapter || !lora_adapter->lora_adapter_path) return -1;
@@ -1337,7 +1346,9 @@ SIM_EXPORT int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *lora_adapter)
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
+#endif
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cache_path) {
     SimHandle *h = sim_handle(handle);
     if (!h || !prompt_cache_path) return -1;
@@ -1352,7 +1363,9 @@ SIM_EXPORT int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cach
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
+#endif
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_release_prompt_cache(LLMHandle handle) {
     SimHandle *h = sim_handle(handle);
     if (!h) return -1;
@@ -1361,6 +1374,7 @@ SIM_EXPORT int rkllm_release_prompt_cache(LLMHandle handle) {
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
+#endif
 
 SIM_EXPORT int rkllm_destroy(LLMHandle handle) {
     SimHandle *h = sim_handle(handle);
@@ -1434,6 +1448,7 @@ static void *sim_async_thread(void *arg) {
     return NULL;
 }
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_run_async(LLMHandle handle, RKLLMInput *rkllm_input,
                                RKLLMInferParam *rkllm_infer_params, void *userdata) {
     SimHandle *h = sim_handle(handle);
@@ -1493,6 +1508,7 @@ SIM_EXPORT int rkllm_run_async(LLMHandle handle, RKLLMInput *rkllm_input,
     }
     return 0;
 }
+#endif
 
 SIM_EXPORT int rkllm_abort(LLMHandle handle) {
     SimHandle *h = sim_handle(handle);
@@ -1501,6 +1517,7 @@ SIM_EXPORT int rkllm_abort(LLMHandle handle) {
     return 0;
 }
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_is_running(LLMHandle handle) {
     SimHandle *h = sim_handle(handle);
     if (!h) return -1;
@@ -1511,6 +1528,7 @@ SIM_EXPORT int rkllm_is_running(LLMHandle handle) {
     return running ? 0 : 1; /* 1.1.0-1.2.3 header: "0 if a task is running, non-zero otherwise" */
 #endif
 }
+#endif
 
 #if SIM_HAS_1_2_0
 #if SIM_HAS_1_2_1
@@ -1555,6 +1573,7 @@ SIM_EXPORT int rkllm_set_chat_template(LLMHandle handle, const char *system_prom
 #endif
 
 #if SIM_HAS_1_2_1
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
     SimHandle *h = sim_handle(handle);
     if (!h || !cache_sizes) return -1;
@@ -1566,7 +1585,9 @@ SIM_EXPORT int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
     for (int i = 0; i < batches; i++) cache_sizes[i] = (int)((bytes + 3) / 4);
     return 0;
 }
+#endif
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const char *tools,
                                         const char *tool_response_str) {
     SimHandle *h = sim_handle(handle);
@@ -1582,7 +1603,9 @@ SIM_EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_pro
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
+#endif
 
+#ifndef RKLLM_SIM_MINIMAL
 SIM_EXPORT int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam *cross_attn_params) {
     SimHandle *h = sim_handle(handle);
     if (!h) return -1;
@@ -1591,6 +1614,7 @@ SIM_EXPORT int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
+#endif
 #endif
 
 /* ------------------------------------------------------------------------------------------ */

@@ -83,6 +83,12 @@ def test_dangling_partial_character_becomes_a_replacement_at_the_end() -> None:
     assert feed_all(stream, [b"ok", "你".encode()[:2]]) == ["ok", "\ufffd"]
 
 
+def test_a_run_cut_short_drops_the_partial_character() -> None:
+    stream = TextStream()
+    assert stream.feed(b"ok" + "你".encode()[:2]) == "ok"
+    assert stream.finish(complete=False) == "" and stream.text == "ok"
+
+
 def test_stop_sequence_across_chunks_is_cut_and_never_streamed() -> None:
     stream = TextStream(("STOP",))
     pieces = feed_all(stream, [b"abc S", b"T", b"OP and more"])
@@ -128,5 +134,5 @@ def test_init_failure_explanations(tmp_path: Path) -> None:
 
     generic = explain_init_failure(-1, str(model), 2048, "I rkllm: loading\n", abi="1.3",
                                    version=None)
-    assert generic.startswith(f"rkllm_init failed (-1) for {model};")
+    assert generic.startswith(f"returned -1 for {model};")
     assert "runtime.max_context_len (2048)" in generic and "the 1.3 runtime" in generic

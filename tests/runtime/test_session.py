@@ -88,6 +88,29 @@ def test_characters_split_across_callbacks_arrive_whole(
     assert final.text == expected_answer("hi")
 
 
+def test_waiting_callbacks_that_carry_bytes_are_joined(
+    open_session: Callable[..., Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1.1 may hand the bytes of an unfinished character over with the WAITING state.
+    monkeypatch.setenv("RKLLM_SIM_WAITING_TEXT", "1")
+    session = open_session("1.1")
+    pieces, final = run_to_end(session, GenerationRequest(prompt="hi"))
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert final.text == expected_answer("hi")
+
+
+def test_abort_inside_a_character_drops_its_bytes(
+    open_session: Callable[..., Session], family: str
+) -> None:
+    session = open_session(family)
+    chunks = expected_tokens("hi")
+    cut = next(i for i, chunk in enumerate(chunks) if _incomplete(chunk)) + 1
+    generation = session.generate(GenerationRequest(prompt="hi", max_new_tokens=cut))
+    final = generation.result(timeout=30)
+    assert final.finish_reason == "length" and "\ufffd" not in final.text
+    assert expected_answer("hi").startswith(final.text)
+
+
 def _incomplete(chunk: bytes) -> bool:
     try:
         chunk.decode()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import AbiDetectionError, RuntimeLoadError
 from rkllm_mqtt.runtime import GenerationRequest, Session, TokenEvent, detect_abi
 from rkllm_mqtt.runtime.library import open_library
@@ -140,6 +141,26 @@ def test_without_a_version_string_only_symbols_decide(
     message = str(err.value)
     assert "runtime.abi" in message and '"1.2"' in message and '"1.3"' in message
     assert open_library(path, family).abi == family  # an explicit choice is accepted
+
+
+@pytest.mark.parametrize("family", ABIS)
+def test_a_trimmed_library_is_never_guessed_but_runs_when_named(
+    runtime_sim_cache: Path, sim_model: Path, family: str
+) -> None:
+    # Only the entry points a server calls, no version string: its exports match no release's
+    # complete list (a 1.2/1.3 build would look like 1.2.0, a 1.1 build like 1.0.x), so "auto" stops.
+    path = str(build_simulator(family, cache_dir=runtime_sim_cache,
+                               defines=["RKLLM_SIM_MINIMAL", "RKLLM_SIM_NO_VERSION"]))
+    with pytest.raises(AbiDetectionError, match=r"runtime\.abi"):
+        detect_abi(path)
+    with Session(RuntimeSettings(library=path, abi=family, model=str(sim_model))) as session:
+        outcome = session.generate(GenerationRequest(prompt="trimmed")).result()
+    assert outcome.text == expected_answer("trimmed")
+
+
+def test_a_trimmed_library_with_a_version_string_is_detected(runtime_sim_cache: Path) -> None:
+    path = build_simulator("1.3", cache_dir=runtime_sim_cache, defines=["RKLLM_SIM_MINIMAL"])
+    assert detect_abi(str(path)) == "1.3"
 
 
 @pytest.mark.parametrize(("library", "configured"), [
