@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,9 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interactive = args.command in ("generate", "ask", "demo")
+    if interactive:  # SIGTERM ends them like Ctrl-C: abort the run, free the handle, exit 130
+        signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(
         level=args.log_level or ("WARNING" if interactive else "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

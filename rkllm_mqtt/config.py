@@ -34,6 +34,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/rkllm-mqtt/config.toml")
 ENV_PREFIX = "RKLLM_MQTT_"
 
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]+$")
+# RKLLMParam's fields are int32_t and float: a value outside them would wrap or become inf in C.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 _toml_file: ContextVar[Path | None] = ContextVar("rkllm_mqtt_toml_file", default=None)
 
 
@@ -144,20 +147,20 @@ class RuntimeSettings(_Section):
     library: str = "librkllmrt.so"
     abi: Literal["auto", "1.1", "1.2.0", "1.2", "1.3"] = "auto"
     model: str | None = None
-    max_context_len: int | None = Field(None, gt=0)
-    max_new_tokens: int | None = None
-    top_k: int | None = Field(None, ge=0)
+    max_context_len: int | None = Field(None, gt=0, le=INT32_MAX)
+    max_new_tokens: int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
-    temperature: float | None = Field(None, ge=0.0)
-    repeat_penalty: float | None = Field(None, ge=0.0)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    temperature: float | None = Field(None, ge=0.0, le=FLOAT32_MAX)
+    repeat_penalty: float | None = Field(None, ge=0.0, le=FLOAT32_MAX)
+    frequency_penalty: float | None = Field(None, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+    presence_penalty: float | None = Field(None, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
     mirostat: Literal[0, 1, 2] | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
+    mirostat_tau: float | None = Field(None, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
+    mirostat_eta: float | None = Field(None, ge=-FLOAT32_MAX, le=FLOAT32_MAX)
     skip_special_token: bool | None = None
-    n_keep: int | None = None
-    base_domain_id: int | None = Field(None, ge=0)
+    n_keep: int | None = Field(None, ge=INT32_MIN, le=INT32_MAX)
+    base_domain_id: int | None = Field(None, ge=0, le=INT32_MAX)
     embed_flash: bool | None = None
     enabled_cpus_mask: int | None = Field(None, gt=0, le=0xFF)
     system_prompt: str | None = None

@@ -35,6 +35,9 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 MAX_ID_CHARS = 128
+# Per-run values end up in int32_t / float fields of RKLLMInferParam and RKLLMSamplingParam.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 MAX_STOP_SEQUENCES = 8
 ROLES = frozenset({"system", "user", "assistant"})
 
@@ -349,6 +352,8 @@ class _Fields:
             raise self._bad(name, "must be an integer")
         if value < minimum:
             raise self._bad(name, f"must be >= {minimum}")
+        if value > INT32_MAX:
+            raise self._bad(name, f"must be <= {INT32_MAX}")
         return value
 
     def number(self, name: str, *, minimum: float, maximum: float | None = None,
@@ -360,7 +365,8 @@ class _Fields:
             raise self._bad(name, "must be a number")
         if value < minimum or (exclusive and value == minimum):
             raise self._bad(name, f"must be {'>' if exclusive else '>='} {minimum:g}")
-        if maximum is not None and value > maximum:
+        maximum = FLOAT32_MAX if maximum is None else maximum
+        if value > maximum:
             raise self._bad(name, f"must be <= {maximum:g}")
         return float(value)
 

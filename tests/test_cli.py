@@ -61,3 +61,23 @@ def test_help_lists_every_command() -> None:
     assert proc.returncode == EXIT_OK
     for command in ("run", "check", "generate", "ask", "demo", "discovery"):
         assert command in proc.stdout
+
+
+def test_sigterm_ends_generate_like_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+
+    cfg = config(tmp_path, f'library = "{build_simulator("1.2")}"\nabi = "1.2"\n'
+                           f'model = "{sim_model_file()}"')
+    proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "generate", "--config", str(cfg),
+                             "[sim:hang] forever"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    proc.stdout.read(3)  # the first token arrived: the run is inside the library
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr.read()

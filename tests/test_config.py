@@ -55,6 +55,9 @@ def test_environment_overrides_toml_key_by_key(tmp_path: Path, monkeypatch) -> N
         ('[mqtt]\nnode_id = "kitchen/1"\n', "mqtt.node_id"),
         ('[mqtt]\nallowed_response_topics = ["a/#/b"]\n', "mqtt.allowed_response_topics"),
         ("[queue]\nmax_pending = -1\n", "queue.max_pending"),
+        ("[runtime]\nmax_new_tokens = 2147483648\n", "runtime.max_new_tokens"),
+        ("[runtime]\nbase_domain_id = 4294967299\n", "runtime.base_domain_id"),
+        ("[runtime]\ntemperature = 1e40\n", "runtime.temperature"),
         ("[bogus]\nx = 1\n", "bogus"),
     ],
 )
