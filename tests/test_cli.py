@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,9 +65,6 @@ def test_help_lists_every_command() -> None:
 
 
 def test_sigterm_ends_generate_like_ctrl_c(tmp_path: Path) -> None:
-    import signal
-
-
     cfg = config(tmp_path, f'library = "{build_simulator("1.2")}"\nabi = "1.2"\n'
                            f'model = "{sim_model_file()}"')
     proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "generate", "--config", str(cfg),
