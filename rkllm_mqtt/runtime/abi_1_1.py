@@ -1,6 +1,7 @@
 """rkllm.h of releases 1.1.0 – 1.1.4 (family C), mirrored in header order.
 
 Declarations identical in every family come from `common`; their place in the header is noted.
+This is the base of the family chain: `abi_1_2_0` takes from here what 1.2.0 left unchanged.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""rkllm.h of releases 1.2.1 – 1.2.3 (family E), mirrored in header order.
+"""rkllm.h of releases 1.2.1 – 1.2.3 (family E): what changed against 1.2.0, in header order.
 
 1.2.2 changes only an include line; 1.2.3 renames RKLLMMultiModelInput to RKLLMMultiModalInput
 (same layout; both names are exported).
 
-Declarations identical in every family come from `common`; their place in the header is noted.
+Builds on `abi_1_2_0`: every declaration 1.2.1 left unchanged is taken from there (same ctypes
+objects), and its place in the header is noted. A struct that embeds a changed struct is redeclared.
+Declarations identical in every family come from `common`.
 """
 
 from __future__ import annotations
@@ -27,31 +29,27 @@ from ctypes import (
 )
 from typing import Any
 
+from rkllm_mqtt.runtime import abi_1_2_0
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
     LLMHandle,
     RKLLMEmbedInput,
-    RKLLMInferMode,
     RKLLMInputType,
-    RKLLMLoraAdapter,
-    RKLLMLoraParam,
-    RKLLMPromptCacheParam,
     RKLLMResultLastHiddenLayer,
     RKLLMTokenInput,
     bind_all,
     check_layout,
+    revise,
 )
 
 ABI = "1.2"
 VERSIONS = ("1.2.1", "1.2.2", "1.2.3")
 
-# #define CPU0 (1 << 0) ... #define CPU7 (1 << 7)   (bits of enabled_cpus_mask)
-CPU0, CPU1, CPU2, CPU3, CPU4, CPU5, CPU6, CPU7 = (1 << n for n in range(8))
-
-# LLMHandle, LLMCallState (NORMAL/WAITING/FINISH/ERROR), RKLLMInputType, RKLLMInferMode: common.py
-#     RKLLM_INFER_GET_LOGITS = 2                 (RKLLMInferMode, 1.2.0+)
-RKLLM_INFER_GET_LOGITS = 2
+# #define CPU0 ... CPU7, RKLLM_INFER_GET_LOGITS: unchanged since 1.2.0 (abi_1_2_0)
+CPU0, CPU1, CPU2, CPU3 = abi_1_2_0.CPU0, abi_1_2_0.CPU1, abi_1_2_0.CPU2, abi_1_2_0.CPU3
+CPU4, CPU5, CPU6, CPU7 = abi_1_2_0.CPU4, abi_1_2_0.CPU5, abi_1_2_0.CPU6, abi_1_2_0.CPU7
+RKLLM_INFER_GET_LOGITS = abi_1_2_0.RKLLM_INFER_GET_LOGITS
 
 
 # typedef struct {
@@ -95,7 +93,7 @@ class RKLLMExtendParam(Structure):
 #     const char* img_end;
 #     const char* img_content;
 #     RKLLMExtendParam extend_param;
-# } RKLLMParam;
+# } RKLLMParam;                  (same text as 1.2.0, but embeds this family's RKLLMExtendParam)
 class RKLLMParam(Structure):
     _fields_ = [
         ("model_path", c_char_p),
@@ -195,35 +193,12 @@ class RKLLMCrossAttnParam(Structure):
     ]
 
 
-# typedef struct {
-#     RKLLMInferMode mode;
-#     RKLLMLoraParam* lora_params;
-#     RKLLMPromptCacheParam* prompt_cache_params;
-#     int keep_history;
-# } RKLLMInferParam;
-class RKLLMInferParam(Structure):
-    _fields_ = [
-        ("mode", RKLLMInferMode),
-        ("lora_params", POINTER(RKLLMLoraParam)),
-        ("prompt_cache_params", POINTER(RKLLMPromptCacheParam)),
-        ("keep_history", c_int),
-    ]
-
+# RKLLMInferParam: unchanged since 1.2.0 (abi_1_2_0)
+RKLLMInferParam = abi_1_2_0.RKLLMInferParam
 
 # RKLLMResultLastHiddenLayer: common.py
-
-
-# typedef struct {
-#     const float* logits;
-#     int vocab_size;
-#     int num_tokens;
-# } RKLLMResultLogits;
-class RKLLMResultLogits(Structure):
-    _fields_ = [
-        ("logits", POINTER(c_float)),
-        ("vocab_size", c_int),
-        ("num_tokens", c_int),
-    ]
+# RKLLMResultLogits: unchanged since 1.2.0 (abi_1_2_0)
+RKLLMResultLogits = abi_1_2_0.RKLLMResultLogits
 
 
 # typedef struct {
@@ -264,21 +239,18 @@ class RKLLMResult(Structure):
 #     return 0: continue; 1: pause (the run returns, the KV cache is kept)
 LLMResultCallback = CFUNCTYPE(c_int, POINTER(RKLLMResult), c_void_p, LLMCallState)
 
-FUNCTIONS = (
-    # RKLLMParam rkllm_createDefaultParam();
+# 1.2.0's table (abi_1_2_0) with the entries whose types changed re-bound, rkllm_clear_kv_cache
+# changed and four functions added.
+FUNCTIONS = revise(
+    abi_1_2_0.FUNCTIONS,
+    # RKLLMParam rkllm_createDefaultParam();                       (this family's RKLLMParam)
     CFunction("rkllm_createDefaultParam", [], RKLLMParam),
     # int rkllm_init(LLMHandle* handle, RKLLMParam* param, LLMResultCallback callback);
     CFunction("rkllm_init", [POINTER(LLMHandle), POINTER(RKLLMParam), LLMResultCallback], c_int),
-    # int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter* lora_adapter);
-    CFunction("rkllm_load_lora", [LLMHandle, POINTER(RKLLMLoraAdapter)], c_int),
-    # int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path);
-    CFunction("rkllm_load_prompt_cache", [LLMHandle, c_char_p], c_int),
-    # int rkllm_release_prompt_cache(LLMHandle handle);
-    CFunction("rkllm_release_prompt_cache", [LLMHandle], c_int),
-    # int rkllm_destroy(LLMHandle handle);
-    CFunction("rkllm_destroy", [LLMHandle], c_int),
+    # rkllm_load_lora, rkllm_load_prompt_cache, rkllm_release_prompt_cache, rkllm_destroy:
+    #     unchanged since 1.1 (via abi_1_2_0)
     # int rkllm_run(LLMHandle handle, RKLLMInput* rkllm_input,
-    #               RKLLMInferParam* rkllm_infer_params, void* userdata);
+    #               RKLLMInferParam* rkllm_infer_params, void* userdata);   (this family's RKLLMInput)
     CFunction(
         "rkllm_run",
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
@@ -291,10 +263,7 @@ FUNCTIONS = (
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
         c_int,
     ),
-    # int rkllm_abort(LLMHandle handle);
-    CFunction("rkllm_abort", [LLMHandle], c_int),
-    # int rkllm_is_running(LLMHandle handle);
-    CFunction("rkllm_is_running", [LLMHandle], c_int),
+    # rkllm_abort, rkllm_is_running: unchanged since 1.1 (via abi_1_2_0)
     # int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt,
     #                          int* start_pos, int* end_pos);
     CFunction(
@@ -302,9 +271,8 @@ FUNCTIONS = (
     ),
     # int rkllm_get_kv_cache_size(LLMHandle handle, int* cache_sizes);
     CFunction("rkllm_get_kv_cache_size", [LLMHandle, POINTER(c_int)], c_int),
-    # int rkllm_set_chat_template(LLMHandle handle, const char* system_prompt,
-    #                             const char* prompt_prefix, const char* prompt_postfix);
-    CFunction("rkllm_set_chat_template", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
+    # rkllm_set_chat_template: unchanged since 1.2.0 (abi_1_2_0)
+    "rkllm_set_chat_template",
     # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt,
     #                              const char* tools, const char* tool_response_str);
     CFunction("rkllm_set_function_tools", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),

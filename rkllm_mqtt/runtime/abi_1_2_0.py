@@ -1,6 +1,8 @@
-"""rkllm.h of release 1.2.0 (family D), mirrored in header order.
+"""rkllm.h of release 1.2.0 (family D): what changed against 1.1, in header order.
 
-Declarations identical in every family come from `common`; their place in the header is noted.
+Builds on `abi_1_1`: every declaration 1.2.0 left unchanged is taken from there (same ctypes
+objects), and its place in the header is noted. A struct that embeds a changed struct is redeclared.
+Declarations identical in every family come from `common`.
 """
 
 from __future__ import annotations
@@ -10,34 +12,30 @@ from ctypes import (
     CFUNCTYPE,
     POINTER,
     Structure,
-    Union,
     c_bool,
     c_char_p,
     c_float,
     c_int,
     c_int8,
     c_int32,
-    c_size_t,
     c_uint8,
     c_uint32,
     c_void_p,
 )
 from typing import Any
 
+from rkllm_mqtt.runtime import abi_1_1
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
     LLMHandle,
-    RKLLMEmbedInput,
     RKLLMInferMode,
-    RKLLMInputType,
-    RKLLMLoraAdapter,
     RKLLMLoraParam,
     RKLLMPromptCacheParam,
     RKLLMResultLastHiddenLayer,
-    RKLLMTokenInput,
     bind_all,
     check_layout,
+    revise,
 )
 
 ABI = "1.2.0"
@@ -47,6 +45,7 @@ VERSIONS = ("1.2.0",)
 CPU0, CPU1, CPU2, CPU3, CPU4, CPU5, CPU6, CPU7 = (1 << n for n in range(8))
 
 # LLMHandle, LLMCallState (NORMAL/WAITING/FINISH/ERROR), RKLLMInputType, RKLLMInferMode: common.py
+#     RKLLM_RUN_GET_LAST_HIDDEN_LAYER = 4        (LLMCallState): removed in 1.2.0
 #     RKLLM_INFER_GET_LOGITS = 2                 (RKLLMInferMode, 1.2.0+)
 RKLLM_INFER_GET_LOGITS = 2
 
@@ -114,46 +113,9 @@ class RKLLMParam(Structure):
 
 
 # RKLLMLoraAdapter, RKLLMEmbedInput, RKLLMTokenInput: common.py
-
-
-# typedef struct {
-#     char* prompt;
-#     float* image_embed;
-#     size_t n_image_tokens;
-# } RKLLMMultiModelInput;
-class RKLLMMultiModelInput(Structure):
-    _fields_ = [
-        ("prompt", c_char_p),
-        ("image_embed", POINTER(c_float)),
-        ("n_image_tokens", c_size_t),
-    ]
-
-
-# typedef struct {
-#     RKLLMInputType input_type;
-#     union {
-#         const char* prompt_input;
-#         RKLLMEmbedInput embed_input;
-#         RKLLMTokenInput token_input;
-#         RKLLMMultiModelInput multimodal_input;
-#     };
-# } RKLLMInput;
-class _RKLLMInputUnion(Union):
-    _fields_ = [
-        ("prompt_input", c_char_p),
-        ("embed_input", RKLLMEmbedInput),
-        ("token_input", RKLLMTokenInput),
-        ("multimodal_input", RKLLMMultiModelInput),
-    ]
-
-
-class RKLLMInput(Structure):
-    _anonymous_ = ("_input",)
-    _fields_ = [
-        ("input_type", RKLLMInputType),
-        ("_input", _RKLLMInputUnion),
-    ]
-
+# RKLLMMultiModelInput, RKLLMInput: unchanged since 1.1 (abi_1_1)
+RKLLMMultiModelInput = abi_1_1.RKLLMMultiModelInput
+RKLLMInput = abi_1_1.RKLLMInput
 
 # RKLLMLoraParam, RKLLMPromptCacheParam: common.py
 
@@ -205,23 +167,20 @@ class RKLLMResult(Structure):
 
 
 # typedef void(*LLMResultCallback)(RKLLMResult* result, void* userdata, LLMCallState state);
+#     (same text as 1.1, but over this family's RKLLMResult)
 LLMResultCallback = CFUNCTYPE(None, POINTER(RKLLMResult), c_void_p, LLMCallState)
 
-FUNCTIONS = (
-    # RKLLMParam rkllm_createDefaultParam();
+# 1.1's table (abi_1_1) with the entries whose types changed re-bound and two functions added.
+FUNCTIONS = revise(
+    abi_1_1.FUNCTIONS,
+    # RKLLMParam rkllm_createDefaultParam();                       (this family's RKLLMParam)
     CFunction("rkllm_createDefaultParam", [], RKLLMParam),
     # int rkllm_init(LLMHandle* handle, RKLLMParam* param, LLMResultCallback callback);
     CFunction("rkllm_init", [POINTER(LLMHandle), POINTER(RKLLMParam), LLMResultCallback], c_int),
-    # int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter* lora_adapter);
-    CFunction("rkllm_load_lora", [LLMHandle, POINTER(RKLLMLoraAdapter)], c_int),
-    # int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path);
-    CFunction("rkllm_load_prompt_cache", [LLMHandle, c_char_p], c_int),
-    # int rkllm_release_prompt_cache(LLMHandle handle);
-    CFunction("rkllm_release_prompt_cache", [LLMHandle], c_int),
-    # int rkllm_destroy(LLMHandle handle);
-    CFunction("rkllm_destroy", [LLMHandle], c_int),
+    # rkllm_load_lora, rkllm_load_prompt_cache, rkllm_release_prompt_cache, rkllm_destroy:
+    #     unchanged since 1.1 (abi_1_1)
     # int rkllm_run(LLMHandle handle, RKLLMInput* rkllm_input,
-    #               RKLLMInferParam* rkllm_infer_params, void* userdata);
+    #               RKLLMInferParam* rkllm_infer_params, void* userdata);   (this family's InferParam)
     CFunction(
         "rkllm_run",
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
@@ -234,10 +193,8 @@ FUNCTIONS = (
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
         c_int,
     ),
-    # int rkllm_abort(LLMHandle handle);
-    CFunction("rkllm_abort", [LLMHandle], c_int),
-    # int rkllm_is_running(LLMHandle handle);
-    CFunction("rkllm_is_running", [LLMHandle], c_int),
+    # rkllm_abort, rkllm_is_running: unchanged since 1.1 (abi_1_1)
+    "rkllm_is_running",
     # int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt);
     CFunction("rkllm_clear_kv_cache", [LLMHandle, c_int], c_int),
     # int rkllm_set_chat_template(LLMHandle handle, const char* system_prompt,

@@ -1,9 +1,12 @@
-"""rkllm.h of release 1.3.0 (family F), mirrored in header order.
+"""rkllm.h of release 1.3.0 (family F): what changed against 1.2.1 – 1.2.3, in header order.
 
 The ABI break against 1.2.x: rkllm_init takes an RKLLMCallback*, RKLLMParam loses the img_* tags
-and gains ignore_eos_token, RKLLMInferParam gains per-run sampling and max_new_tokens.
+and gains ignore_eos_token, RKLLMInferParam gains per-run sampling and max_new_tokens, and the
+multimodal input gains image/video sub-structs.
 
-Declarations identical in every family come from `common`; their place in the header is noted.
+Builds on `abi_1_2`: every declaration 1.3.0 left unchanged is taken from there (same ctypes
+objects), and its place in the header is noted. A struct that embeds a changed struct is redeclared.
+Declarations identical in every family come from `common`.
 """
 
 from __future__ import annotations
@@ -18,41 +21,35 @@ from ctypes import (
     c_char_p,
     c_float,
     c_int,
-    c_int8,
     c_int32,
     c_size_t,
-    c_uint8,
-    c_uint32,
     c_uint64,
     c_void_p,
 )
 from typing import Any
 
+from rkllm_mqtt.runtime import abi_1_2
 from rkllm_mqtt.runtime.common import (
     CFunction,
-    LLMCallState,
     LLMHandle,
     RKLLMEmbedInput,
     RKLLMInferMode,
     RKLLMInputType,
-    RKLLMLoraAdapter,
     RKLLMLoraParam,
     RKLLMPromptCacheParam,
-    RKLLMResultLastHiddenLayer,
     RKLLMTokenInput,
     bind_all,
     check_layout,
+    revise,
 )
 
 ABI = "1.3"
 VERSIONS = ("1.3.0",)
 
-# #define CPU0 (1 << 0) ... #define CPU7 (1 << 7)   (bits of enabled_cpus_mask)
-CPU0, CPU1, CPU2, CPU3, CPU4, CPU5, CPU6, CPU7 = (1 << n for n in range(8))
-
-# LLMHandle, LLMCallState (NORMAL/WAITING/FINISH/ERROR), RKLLMInputType, RKLLMInferMode: common.py
-#     RKLLM_INFER_GET_LOGITS = 2                 (RKLLMInferMode, 1.2.0+)
-RKLLM_INFER_GET_LOGITS = 2
+# #define CPU0 ... CPU7, RKLLM_INFER_GET_LOGITS: unchanged since 1.2.0 (via abi_1_2)
+CPU0, CPU1, CPU2, CPU3 = abi_1_2.CPU0, abi_1_2.CPU1, abi_1_2.CPU2, abi_1_2.CPU3
+CPU4, CPU5, CPU6, CPU7 = abi_1_2.CPU4, abi_1_2.CPU5, abi_1_2.CPU6, abi_1_2.CPU7
+RKLLM_INFER_GET_LOGITS = abi_1_2.RKLLM_INFER_GET_LOGITS
 
 # typedef int (*LLMGetEmbedCallback)(void* userdata, int32_t* tokens, uint64_t num_tokens,
 #                                    void* embed, uint64_t len);
@@ -63,25 +60,8 @@ LLMGetEmbedCallback = CFUNCTYPE(c_int, c_void_p, POINTER(c_int32), c_uint64, c_v
 LLMTokenizerCallback = CFUNCTYPE(c_int, c_void_p, c_char_p, c_int32, POINTER(c_int32), c_int32)
 
 
-# typedef struct {
-#     int32_t      base_domain_id;
-#     int8_t       embed_flash;
-#     int8_t       enabled_cpus_num;
-#     uint32_t     enabled_cpus_mask;
-#     uint8_t      n_batch;
-#     int8_t       use_cross_attn;
-#     uint8_t      reserved[104];
-# } RKLLMExtendParam;
-class RKLLMExtendParam(Structure):
-    _fields_ = [
-        ("base_domain_id", c_int32),
-        ("embed_flash", c_int8),
-        ("enabled_cpus_num", c_int8),
-        ("enabled_cpus_mask", c_uint32),
-        ("n_batch", c_uint8),
-        ("use_cross_attn", c_int8),
-        ("reserved", c_uint8 * 104),
-    ]
+# RKLLMExtendParam: unchanged since 1.2.1 (abi_1_2)
+RKLLMExtendParam = abi_1_2.RKLLMExtendParam
 
 
 # typedef struct {
@@ -218,23 +198,8 @@ class RKLLMInput(Structure):
 
 
 # RKLLMLoraParam, RKLLMPromptCacheParam: common.py
-
-
-# typedef struct {
-#     float* encoder_k_cache;
-#     float* encoder_v_cache;
-#     float* encoder_mask;
-#     int32_t* encoder_pos;
-#     int num_tokens;
-# } RKLLMCrossAttnParam;
-class RKLLMCrossAttnParam(Structure):
-    _fields_ = [
-        ("encoder_k_cache", POINTER(c_float)),
-        ("encoder_v_cache", POINTER(c_float)),
-        ("encoder_mask", POINTER(c_float)),
-        ("encoder_pos", POINTER(c_int32)),
-        ("num_tokens", c_int),
-    ]
+# RKLLMCrossAttnParam: unchanged since 1.2.1 (abi_1_2)
+RKLLMCrossAttnParam = abi_1_2.RKLLMCrossAttnParam
 
 
 # typedef struct {
@@ -282,58 +247,13 @@ class RKLLMInferParam(Structure):
 
 
 # RKLLMResultLastHiddenLayer: common.py
-
-
-# typedef struct {
-#     const float* logits;
-#     int vocab_size;
-#     int num_tokens;
-# } RKLLMResultLogits;
-class RKLLMResultLogits(Structure):
-    _fields_ = [
-        ("logits", POINTER(c_float)),
-        ("vocab_size", c_int),
-        ("num_tokens", c_int),
-    ]
-
-
-# typedef struct {
-#     float prefill_time_ms;
-#     int prefill_tokens;
-#     float generate_time_ms;
-#     int generate_tokens;
-#     float memory_usage_mb;
-# } RKLLMPerfStat;
-class RKLLMPerfStat(Structure):
-    _fields_ = [
-        ("prefill_time_ms", c_float),
-        ("prefill_tokens", c_int),
-        ("generate_time_ms", c_float),
-        ("generate_tokens", c_int),
-        ("memory_usage_mb", c_float),
-    ]
-
-
-# typedef struct {
-#     const char* text;
-#     int32_t token_id;
-#     RKLLMResultLastHiddenLayer last_hidden_layer;
-#     RKLLMResultLogits logits;
-#     RKLLMPerfStat perf;
-# } RKLLMResult;
-class RKLLMResult(Structure):
-    _fields_ = [
-        ("text", c_char_p),
-        ("token_id", c_int32),
-        ("last_hidden_layer", RKLLMResultLastHiddenLayer),
-        ("logits", RKLLMResultLogits),
-        ("perf", RKLLMPerfStat),
-    ]
-
-
-# typedef int(*LLMResultCallback)(RKLLMResult* result, void* userdata, LLMCallState state);
-#     return 0: continue; 1: pause (the run returns, the KV cache is kept); 2: release buffer
-LLMResultCallback = CFUNCTYPE(c_int, POINTER(RKLLMResult), c_void_p, LLMCallState)
+# RKLLMResultLogits: unchanged since 1.2.0 (via abi_1_2)
+RKLLMResultLogits = abi_1_2.RKLLMResultLogits
+# RKLLMPerfStat, RKLLMResult: unchanged since 1.2.1 (abi_1_2)
+RKLLMPerfStat = abi_1_2.RKLLMPerfStat
+RKLLMResult = abi_1_2.RKLLMResult
+# LLMResultCallback: unchanged since 1.2.1 (abi_1_2); 1.3 adds the return value 2: release buffer
+LLMResultCallback = abi_1_2.LLMResultCallback
 
 
 # typedef struct
@@ -355,23 +275,20 @@ class RKLLMCallback(Structure):
         ("embed_userdata", c_void_p),
     ]
 
-FUNCTIONS = (
-    # RKLLMParam rkllm_createDefaultParam();
+
+# 1.2's table (abi_1_2) with rkllm_init changed and the entries whose types changed re-bound.
+FUNCTIONS = revise(
+    abi_1_2.FUNCTIONS,
+    # RKLLMParam rkllm_createDefaultParam();                       (this family's RKLLMParam)
     CFunction("rkllm_createDefaultParam", [], RKLLMParam),
     # int rkllm_init(LLMHandle* handle, RKLLMParam* param, RKLLMCallback* callback);
     CFunction(
         "rkllm_init", [POINTER(LLMHandle), POINTER(RKLLMParam), POINTER(RKLLMCallback)], c_int
     ),
-    # int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter* lora_adapter);
-    CFunction("rkllm_load_lora", [LLMHandle, POINTER(RKLLMLoraAdapter)], c_int),
-    # int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path);
-    CFunction("rkllm_load_prompt_cache", [LLMHandle, c_char_p], c_int),
-    # int rkllm_release_prompt_cache(LLMHandle handle);
-    CFunction("rkllm_release_prompt_cache", [LLMHandle], c_int),
-    # int rkllm_destroy(LLMHandle handle);
-    CFunction("rkllm_destroy", [LLMHandle], c_int),
+    # rkllm_load_lora, rkllm_load_prompt_cache, rkllm_release_prompt_cache, rkllm_destroy:
+    #     unchanged since 1.1 (via abi_1_2)
     # int rkllm_run(LLMHandle handle, RKLLMInput* rkllm_input,
-    #               RKLLMInferParam* rkllm_infer_params, void* userdata);
+    #               RKLLMInferParam* rkllm_infer_params, void* userdata);   (this family's structs)
     CFunction(
         "rkllm_run",
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
@@ -384,25 +301,9 @@ FUNCTIONS = (
         [LLMHandle, POINTER(RKLLMInput), POINTER(RKLLMInferParam), c_void_p],
         c_int,
     ),
-    # int rkllm_abort(LLMHandle handle);
-    CFunction("rkllm_abort", [LLMHandle], c_int),
-    # int rkllm_is_running(LLMHandle handle);
-    CFunction("rkllm_is_running", [LLMHandle], c_int),
-    # int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt,
-    #                          int* start_pos, int* end_pos);
-    CFunction(
-        "rkllm_clear_kv_cache", [LLMHandle, c_int, POINTER(c_int), POINTER(c_int)], c_int
-    ),
-    # int rkllm_get_kv_cache_size(LLMHandle handle, int* cache_sizes);
-    CFunction("rkllm_get_kv_cache_size", [LLMHandle, POINTER(c_int)], c_int),
-    # int rkllm_set_chat_template(LLMHandle handle, const char* system_prompt,
-    #                             const char* prompt_prefix, const char* prompt_postfix);
-    CFunction("rkllm_set_chat_template", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
-    # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt,
-    #                              const char* tools, const char* tool_response_str);
-    CFunction("rkllm_set_function_tools", [LLMHandle, c_char_p, c_char_p, c_char_p], c_int),
-    # int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam* cross_attn_params);
-    CFunction("rkllm_set_cross_attn_params", [LLMHandle, POINTER(RKLLMCrossAttnParam)], c_int),
+    # rkllm_abort, rkllm_is_running (since 1.1), rkllm_clear_kv_cache, rkllm_get_kv_cache_size
+    # (since 1.2.1), rkllm_set_chat_template (since 1.2.0), rkllm_set_function_tools,
+    # rkllm_set_cross_attn_params (since 1.2.1): unchanged (abi_1_2)
 )
 
 

@@ -1,8 +1,10 @@
-"""What every RKLLM ABI family (rkllm.h 1.1.0 – 1.3.0) declares identically, and the binding helper.
+"""What every RKLLM ABI family (rkllm.h 1.1.0 – 1.3.0) declares identically, and the binding helpers.
 
-The per-family modules (`abi_1_1`, `abi_1_2_0`, `abi_1_2`, `abi_1_3`) import from here only what is
-byte-for-byte the same in all four headers; everything that moved, grew or changed type lives in
-the family module, so diffing two family modules shows exactly what changed between releases.
+The family modules form a chain, each holding only what its release changed: `abi_1_1` mirrors the
+whole 1.1 header (less what is here), `abi_1_2_0` builds on it, `abi_1_2` on `abi_1_2_0` and `abi_1_3`
+on `abi_1_2`, taking every unchanged declaration from the previous family. So a family module *is*
+the difference between its release and the one before. What is byte-for-byte the same in all four
+headers lives here.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ RKLLM_INPUT_MULTIMODAL = 3
 # typedef enum {
 #     RKLLM_INFER_GENERATE                    = 0,
 #     RKLLM_INFER_GET_LAST_HIDDEN_LAYER       = 1,
-# } RKLLMInferMode;               (1.2.0+ adds RKLLM_INFER_GET_LOGITS = 2, see the family modules)
+# } RKLLMInferMode;               (1.2.0+ adds RKLLM_INFER_GET_LOGITS = 2, see abi_1_2_0)
 RKLLMInferMode = c_int
 RKLLM_INFER_GENERATE = 0
 RKLLM_INFER_GET_LAST_HIDDEN_LAYER = 1
@@ -130,6 +132,30 @@ class CFunction:
     name: str
     argtypes: Sequence[Any]
     restype: Any
+
+
+def revise(functions: Sequence[CFunction], *entries: CFunction | str) -> tuple[CFunction, ...]:
+    """A family's function table: the previous family's `functions` with `entries` applied in order.
+
+    A CFunction replaces the entry of the same name where it stands; a new name is inserted right
+    after the entry given before it (appended if it comes first). A bare name changes nothing: it
+    only marks the place of an unchanged entry, so the table keeps the header's order.
+    """
+    table = list(functions)
+    at = len(table) - 1
+    for entry in entries:
+        name = entry if isinstance(entry, str) else entry.name
+        names = [fn.name for fn in table]
+        if name in names:
+            at = names.index(name)
+            if isinstance(entry, CFunction):
+                table[at] = entry
+        elif isinstance(entry, CFunction):
+            at += 1
+            table.insert(at, entry)
+        else:
+            raise ValueError(f"{name} is not in the previous family's table")
+    return tuple(table)
 
 
 def bind(lib: ctypes.CDLL, fn: CFunction, *, abi: str, path: str) -> Any:
