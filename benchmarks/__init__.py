@@ -1,0 +1,1 @@
+"""Performance budgets of design.md, measured against the simulator: `python -m benchmarks`."""
