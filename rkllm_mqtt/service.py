@@ -152,6 +152,7 @@ class Service:
         self._ready = False
         self._loop_thread: threading.Thread | None = None
         self._next_ping = 0.0
+        self._announced_at_start = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,8 +160,11 @@ class Service:
               connect_attempts: int | None = None) -> None:
         """Connect (retrying), publish availability/discovery/state, load the model, serve."""
         self.mqtt.connect(attempts=connect_attempts, stop=stop)
+        # Announce now, before a model load that can take a minute; the loop then skips the
+        # announcement the first connect queued for it, so Home Assistant sees one per start.
         self._publish_discovery()
         self._publish_state(force=True)
+        self._announced_at_start = True
         try:
             self._info = self.engine.open()
         except RkllmMqttError:
@@ -497,6 +501,9 @@ class Service:
 
     def _on_connected(self) -> None:
         """After every (re)connect: the broker may have lost our retained topics."""
+        if self._announced_at_start:
+            self._announced_at_start = False
+            return
         self._publish_discovery()
         self._publish_state(force=True)
         self._publish_last()

@@ -412,3 +412,14 @@ def test_discovery_cli_publishes_and_removes_the_retained_config(broker, probe_f
     probe.publish("rkllm/clinode/status", b"marker", retain=False)
     probe.wait_for(lambda m: m.topic == "rkllm/clinode/status")
     assert probe.matching(lambda m: m.topic == topic) == []  # the retained config is gone
+
+
+def test_a_start_announces_discovery_once(broker, daemon, daemon_settings, probe_factory):
+    node = daemon_settings(broker).mqtt.node_id
+    topic = f"haonce/device/{node}/config"
+    state = f"rkllm/{node}/state"
+    probe = probe_factory(broker, topics=(topic, state))
+    svc = daemon(broker, mqtt={"node_id": node}, homeassistant={"discovery_prefix": "haonce"})
+    probe.publish(svc.topics["prompt"], {"id": "once", "prompt": "after start"})
+    probe.wait_for(lambda m: m.topic == state and m.json["requests_total"] == 1)
+    assert len(probe.matching(lambda m: m.topic == topic)) == 1
