@@ -20,9 +20,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,demo]'
 	@touch $@
 
-# Mosquitto from the distribution when it is missing; the tests start their own instance on a free port.
+# Mosquitto and its clients from the distribution when missing; the tests start their own broker
+# on a free port, and mosquitto_pub/mosquitto_sub drive the README examples and some tests.
 broker:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@if { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } \
+		&& command -v mosquitto_sub >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		echo "installing mosquitto (apt-get)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
