@@ -61,6 +61,32 @@ class Conversations:
         return tuple(m for user, answer in conv.turns
                      for m in (*user, Message("assistant", answer)))
 
+    def new_part(self, conversation: str | None, messages: Sequence[Message]) -> tuple[Message, ...]:
+        """The turns of `messages` this conversation does not hold yet.
+
+        A request whose messages carry an assistant turn is the whole chat so far (what chat
+        clients such as Home Assistant send). When the stored history is where that chat began,
+        only what follows it is new, so the KV cache can simply continue; when it is not (the
+        daemon restarted, evicted the conversation, or the client edited its history), the
+        client's copy wins: the stored history is dropped and the whole chat is replayed.
+        Messages without an assistant turn are new turns, appended to the stored history.
+        """
+        messages = tuple(messages)
+        if conversation is None or not any(m.role == "assistant" for m in messages):
+            return messages
+        chat = [m for m in messages if m.role != "system"]
+        stored = [m for m in self.history(conversation) if m.role != "system"]
+        if stored and len(stored) < len(chat) and chat[: len(stored)] == stored:
+            system = tuple(m for m in messages if m.role == "system")
+            return system + tuple(chat[len(stored):])
+        self.forget(conversation)
+        return messages
+
+    def forget(self, conversation: str) -> None:
+        """Drop a conversation's stored history (and its claim on the KV cache)."""
+        if self._store.pop(conversation, None) is not None and self._kv_owner == conversation:
+            self._kv_owner, self._kv_dirty = None, True
+
     def plan(self, conversation: str | None, new: Sequence[Message], system: str | None) -> Plan:
         """Decide how to run `new` (the request's own messages) for `conversation`."""
         new = tuple(new)

@@ -351,6 +351,7 @@ class Service:
         if job is None:
             return
         request = job.request
+        job.new_messages = self._conversations.new_part(request.conversation, job.new_messages)
         plan = self._conversations.plan(request.conversation, job.new_messages, request.system)
         job.plan = plan
         job.started = now = time.monotonic()

@@ -96,3 +96,36 @@ def test_without_kv_cache_history_is_always_replayed():
     p = c.plan("a", user("2"), None)
     assert not p.keep_history and not p.clear_kv and p.system == "s"
     assert p.messages == (Message("user", "1"), Message("assistant", "one"), Message("user", "2"))
+
+
+def chat(*texts: str) -> tuple[Message, ...]:
+    """user, assistant, user, ... as a chat client sends its whole history."""
+    return tuple(Message("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(texts))
+
+
+def test_whole_chat_continues_from_what_is_stored():
+    c = store()
+    c.plan("a", user("q1"), None)
+    c.finished("a", user("q1"), None, "a1")
+    new = c.new_part("a", (Message("system", "s"), *chat("q1", "a1", "q2")))
+    assert new == (Message("system", "s"), Message("user", "q2"))
+    p = c.plan("a", new, None)
+    assert p.continues_kv and p.messages == new
+
+
+def test_whole_chat_the_daemon_does_not_hold_is_replayed_and_replaces_it():
+    c = store()
+    c.plan("a", user("q1"), None)
+    c.finished("a", user("q1"), None, "other answer")  # the client remembers a different chat
+    full = chat("q1", "a1", "q2")
+    assert c.new_part("a", full) == full and c.history("a") == ()
+    p = c.plan("a", full, None)
+    assert p.clear_kv and not p.continues_kv and p.messages == full
+    assert c.new_part("fresh", full) == full  # nothing stored (evicted, restarted): replay it all
+
+
+def test_new_turns_without_assistant_messages_are_appended():
+    c = store()
+    c.finished("a", user("q1"), None, "a1")
+    assert c.new_part("a", user("q2")) == user("q2")
+    assert c.new_part(None, chat("q1", "a1", "q2")) == chat("q1", "a1", "q2")

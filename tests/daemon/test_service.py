@@ -423,3 +423,23 @@ def test_a_start_announces_discovery_once(broker, daemon, daemon_settings, probe
     probe.publish(svc.topics["prompt"], {"id": "once", "prompt": "after start"})
     probe.wait_for(lambda m: m.topic == state and m.json["requests_total"] == 1)
     assert len(probe.matching(lambda m: m.topic == topic)) == 1
+
+
+def test_a_chat_client_sending_its_whole_history_continues_the_cache(broker, daemon,
+                                                                     probe_factory):
+    svc = daemon(broker)
+    probe = probe_factory(broker, topics=(svc.topics["response"],))
+
+    def say(rid: str, messages: list[dict[str, str]]) -> str:
+        probe.publish(svc.topics["prompt"], {"id": rid, "conversation": "ha-1",
+                                             "messages": messages, "stream": False})
+        final = probe.final(rid)
+        assert final["status"] == "ok", final
+        return final["text"]
+
+    first = say("h1", [{"role": "user", "content": "one"}])
+    second = say("h2", [{"role": "user", "content": "one"},
+                        {"role": "assistant", "content": first},
+                        {"role": "user", "content": "two"}])
+    assert second == expected_answer("two")  # only the new turn went to the model
+    assert svc.engine.session.call_native(_sim_history) == ["one", first, "two", second]
