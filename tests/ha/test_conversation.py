@@ -121,24 +121,28 @@ async def test_turns_stream_and_continue_the_conversation(
     assert len(pieces) > 5
     assert "".join(pieces) == speech
 
-    # The request: the conversation key derives from HA's conversation id, the instructions are the
-    # system prompt, tokens are asked for, replies come to this entry's topic under rkllm/reply/.
+    # The request: the conversation is HA's conversation id, the instructions are the system
+    # prompt, tokens are asked for, replies come to this entry's topic under rkllm/reply/.
     conversation_id = result.conversation_id
     assert conversation_id
-    assert request["conversation"].startswith(f"{conversation_id}-")
+    assert request["conversation"] == conversation_id
     assert request["messages"] == [{"role": "user", "content": "What is the capital of France?"}]
     assert request["system"].startswith("You are a voice assistant for Home Assistant.")
     assert request["stream"] is True
     assert request["priority"] == "interactive"
     assert request["response_topic"].startswith(f"{BASE_TOPIC}/reply/ha_")
 
-    # Second turn, same conversation: the daemon already holds the first turn, so only the new one
-    # goes out under the same key, and the simulator sees only it (the KV cache continues).
+    # Second turn, same conversation: the whole chat goes out; the daemon already holds the first
+    # turn, so the simulator sees only the new one (the KV cache continues).
     second = await converse(hass, "And of Italy?", conversation_id)
     request2 = await spy.request()
     assert second.conversation_id == conversation_id
-    assert request2["conversation"] == request["conversation"]
-    assert request2["messages"] == [{"role": "user", "content": "And of Italy?"}]
+    assert request2["conversation"] == conversation_id
+    assert request2["messages"] == [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": speech},
+        {"role": "user", "content": "And of Italy?"},
+    ]
     assert second.response.speech["plain"]["speech"] == (await spy.final(request2))["text"]
     assert second.response.speech["plain"]["speech"] == expected_answer("And of Italy?")
 
@@ -161,8 +165,8 @@ async def test_a_restarted_daemon_gets_the_history_again(
 
     second = await converse(hass, "Again", first.conversation_id)
     request = await spy.request()
-    # The new daemon never saw the first turn: the chat log's history goes out under a new key.
-    assert request["conversation"] != first_request["conversation"]
+    # The new daemon never saw the first turn: it replays the chat it was sent.
+    assert request["conversation"] == first_request["conversation"] == first.conversation_id
     assert request["messages"] == [
         {"role": "user", "content": "Hello"},
         {"role": "assistant", "content": answer},
@@ -315,7 +319,7 @@ async def test_an_empty_answer_keeps_the_conversation_consistent(
     ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
 ) -> None:
     """No tokens means no streamed message; the turn still gets its (empty) assistant message, so
-    the next turn continues the daemon's conversation instead of re-sending the history."""
+    the chat the next turn sends begins with what the daemon holds and its KV cache continues."""
     hass = ha_with_mqtt
     start_daemon(**QWEN_TEMPLATE)
     await setup_entry(hass)
@@ -326,10 +330,15 @@ async def test_an_empty_answer_keeps_the_conversation_consistent(
     assert (await spy.final(request))["text"] == ""
     assert first.response.speech["plain"]["speech"] == ""
 
-    await converse(hass, "Now speak", first.conversation_id)
+    second = await converse(hass, "Now speak", first.conversation_id)
     request2 = await spy.request()
     assert request2["conversation"] == request["conversation"]
-    assert request2["messages"] == [{"role": "user", "content": "Now speak"}]
+    assert request2["messages"] == [
+        {"role": "user", "content": "Say nothing [sim:tokens=0]"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "Now speak"},
+    ]
+    assert second.response.speech["plain"]["speech"] == expected_answer("Now speak")
 
 
 async def test_the_agent_joins_the_device_of_the_daemons_discovery(
@@ -361,3 +370,29 @@ async def test_without_the_daemons_discovery_the_agent_has_its_own_device(
     assert device.identifiers == {(rkllm_const.DOMAIN, entry.entry_id)}
     assert device.name == f"RKLLM {NODE_ID}"
     assert device.entry_type is dr.DeviceEntryType.SERVICE
+
+
+async def test_a_conversation_the_daemon_evicted_keeps_its_context(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    """The daemon forgets a conversation when others push it out (`max_conversations`); the next
+    turn must still carry the earlier ones: the whole chat goes out and the daemon replays it."""
+    hass = ha_with_mqtt
+    start_daemon(env={"RKLLM_MQTT_CONVERSATION__MAX_CONVERSATIONS": "1"}, **QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    first = await converse(hass, "My name is Ada")
+    answer = first.response.speech["plain"]["speech"]
+    await converse(hass, "Something else entirely")  # conversation B evicts A on the daemon
+    second = await converse(hass, "What is my name?", first.conversation_id)
+    requests = [await spy.request() for _ in range(3)]
+
+    assert requests[2]["conversation"] == requests[0]["conversation"] == first.conversation_id
+    assert requests[2]["messages"] == [
+        {"role": "user", "content": "My name is Ada"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    transcript = f"User: My name is Ada\nAssistant: {answer}\nUser: What is my name?"
+    assert second.response.speech["plain"]["speech"] == expected_answer(transcript)

@@ -68,9 +68,6 @@ class RkllmClient:
         self.prefix = f"{base_topic}/{node_id}"
         self.reply_topic = reply_topic
         self.online = False
-        # Counts the times the daemon came online: a daemon that restarted has forgotten its
-        # conversations. HA losing the broker counts too, since the daemon may have restarted meanwhile.
-        self.epoch = 0
         self._status_topic = status_topic(base_topic, node_id)
         self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -114,9 +111,7 @@ class RkllmClient:
             return
         self.online = online
         LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
-        if online:
-            self.epoch += 1
-        else:
+        if not online:
             self._fail_pending()
         for update in list(self._listeners):
             update()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 from homeassistant.components import conversation
 from homeassistant.helpers import device_registry as dr
@@ -29,8 +27,7 @@ if TYPE_CHECKING:
     from . import RkllmConfigEntry
     from .client import Generation
 
-# Conversations remembered per daemon; Home Assistant drops a chat session after minutes of silence.
-MAX_TRACKED_CONVERSATIONS = 64
+MAX_CONVERSATION_KEY = 128  # the contract's limit for `conversation` (and `id`)
 
 
 def daemon_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
@@ -66,6 +63,18 @@ def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
     ]
 
 
+def conversation_key(conversation_id: str) -> str:
+    """HA's conversation id as the request's `conversation` (the contract allows 128 characters).
+
+    Ids are ULIDs unless a caller of `conversation.process` picked its own: a longer one keeps its
+    beginning and gets a hash of the whole, so two long ids never share a conversation.
+    """
+    if len(conversation_id) <= MAX_CONVERSATION_KEY:
+        return conversation_id
+    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
+    return f"{conversation_id[: MAX_CONVERSATION_KEY - 33]}-{digest}"
+
+
 def trim_history(messages: list[dict[str, str]], max_history: int) -> list[dict[str, str]]:
     """The newest user turn with at most `max_history` earlier user turns (and their answers)."""
     if max_history <= 0:
@@ -74,51 +83,6 @@ def trim_history(messages: list[dict[str, str]], max_history: int) -> list[dict[
     if len(user_turns) <= max_history + 1:
         return messages
     return messages[user_turns[-(max_history + 1)]:]
-
-
-@dataclass(slots=True)
-class _DaemonConversation:
-    """What the daemon holds for one Home Assistant conversation."""
-
-    key: str  # the request's `conversation`
-    epoch: int  # RkllmClient.epoch when it was sent: a daemon restart since means it is gone
-    messages: list[dict[str, str]]  # the chat log's turns the daemon has, answers included
-
-
-class DaemonConversations:
-    """Home Assistant conversation id → the daemon's conversation, so a turn sends only what is new.
-
-    The daemon keeps each conversation's history (and the newest one in the NPU's KV cache) and
-    appends a request's `messages` to it. The ChatLog stays the truth: when the daemon already has
-    everything before the new user turn, only that turn is sent and the daemon continues from its
-    KV cache; otherwise (first turn, daemon restarted, turns the daemon never saw) the history, cut
-    to `max_history` turns, is sent under a fresh key so nothing is appended twice.
-    """
-
-    def __init__(self, max_size: int = MAX_TRACKED_CONVERSATIONS) -> None:
-        self._max_size = max_size
-        self._known: OrderedDict[str, _DaemonConversation] = OrderedDict()
-
-    def request(
-        self, conversation_id: str, history: list[dict[str, str]], epoch: int, max_history: int
-    ) -> tuple[str, list[dict[str, str]]]:
-        """(conversation key, messages) for a request whose last message is the new user turn."""
-        known = self._known.get(conversation_id)
-        if known is not None and known.epoch == epoch and known.messages == history[:-1]:
-            return known.key, history[-1:]
-        key = f"{conversation_id[:100]}-{uuid4().hex[:8]}"
-        return key, trim_history(history, max_history)
-
-    def answered(
-        self, conversation_id: str, key: str, epoch: int, history: list[dict[str, str]], answer: str
-    ) -> None:
-        """Record a completed turn (a failed one leaves the daemon's history unchanged too)."""
-        self._known[conversation_id] = _DaemonConversation(
-            key, epoch, [*history, {"role": "assistant", "content": answer}]
-        )
-        self._known.move_to_end(conversation_id)
-        while len(self._known) > self._max_size:
-            self._known.popitem(last=False)
 
 
 async def _deltas(generation: Generation) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
@@ -137,7 +101,6 @@ class RkllmBaseEntity(Entity):
 
     def __init__(self, entry: RkllmConfigEntry, device_info: dr.DeviceInfo) -> None:
         self.entry = entry
-        self._conversations = DaemonConversations()
         self._attr_unique_id = entry.entry_id
         self._attr_device_info = device_info
 
@@ -158,16 +121,16 @@ class RkllmBaseEntity(Entity):
         """
         options = self.entry.options
         client = self.entry.runtime_data
-        history = chat_log_messages(chat_log)
-        epoch = client.epoch
-        key, messages = self._conversations.request(
-            chat_log.conversation_id, history, epoch,
-            int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY)),
+        # The whole chat (cut to the History length option) under HA's conversation id: the daemon
+        # sends the model only what its stored history lacks, continuing its KV cache, and replays
+        # this chat when it has forgotten the conversation (restart, eviction) or holds another one.
+        messages = trim_history(
+            chat_log_messages(chat_log), int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))
         )
         fields: dict[str, Any] = {
             "messages": messages,
             "system": system or None,
-            "conversation": key,
+            "conversation": conversation_key(chat_log.conversation_id),
             "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
             "temperature": options.get(CONF_TEMPERATURE),
             "priority": "interactive",
@@ -186,4 +149,3 @@ class RkllmBaseEntity(Entity):
             chat_log.async_add_assistant_content_without_tools(
                 conversation.AssistantContent(agent_id=self.entity_id, content=answer)
             )
-        self._conversations.answered(chat_log.conversation_id, key, epoch, history, answer)
