@@ -17,7 +17,7 @@ from pathlib import Path
 from rkllm_mqtt import __version__
 from rkllm_mqtt.config import DEFAULT_CONFIG_PATH, Settings, load_config
 from rkllm_mqtt.errors import ConfigError, RkllmMqttError
-from rkllm_mqtt.exitcodes import EXIT_RUNTIME, EXIT_USAGE
+from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_RUNTIME, EXIT_USAGE
 
 log = logging.getLogger("rkllm_mqtt")
 
@@ -54,9 +54,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from rkllm_mqtt.ask import ask
+    from rkllm_mqtt.mqtt_client import MqttConnectError
 
-    return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
-               system=args.system, conversation=args.conversation)
+    try:
+        return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
+                   system=args.system, conversation=args.conversation)
+    except MqttConnectError as err:  # no broker: the question failed, the runtime is not at fault
+        print(f"rkllm-mqtt: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

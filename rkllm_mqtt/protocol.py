@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +36,9 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 MAX_ID_CHARS = 128
+MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
+MAX_TOPIC_LEVELS = 200
+_FORBIDDEN_IN_TOPIC = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
 # Per-run values end up in int32_t / float fields of RKLLMInferParam and RKLLMSamplingParam.
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38
@@ -137,7 +141,9 @@ class RequestRejected(Exception):
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # "replace": a lone surrogate echoed from a client (a field value in an error message) must
+    # not turn a reply into an exception.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
 
 
 def reply(target: ReplyTarget, **fields: Any) -> Outgoing:
@@ -189,16 +195,30 @@ def new_request_id() -> str:
 
 def check_response_topic(topic: str, policy: RequestPolicy) -> str | None:
     """Why `topic` may not receive replies, or None when it may."""
-    if not topic or len(topic.encode("utf-8")) > 65535:
-        return "response_topic must be a non-empty topic"
-    if any(ch in topic for ch in "+#\x00") or topic.startswith("$"):
+    if not topic or not _encodable(topic) or len(topic.encode("utf-8")) > 65535:
+        return "response_topic must be a non-empty UTF-8 topic"
+    if any(ch in topic for ch in "+#") or topic.startswith("$"):
         return f"response_topic {topic!r} must be a plain topic (no wildcards, not $SYS)"
+    # Brokers drop the connection of a client that publishes to a topic with control characters,
+    # noncharacters or too many levels, and paho would resend it after every reconnect.
+    if any(_FORBIDDEN_IN_TOPIC.match(ch) for ch in topic) or topic.count("/") >= MAX_TOPIC_LEVELS:
+        return (f"response_topic {topic!r} has control characters, noncharacters or more than "
+                f"{MAX_TOPIC_LEVELS} levels")
     if topic in policy.reserved_topics:
         return f"response_topic {topic!r} is one of the daemon's own topics"
     if not any(topic_matches_sub(flt, topic) for flt in policy.allowed_response_topics):
         return (f"response_topic {topic!r} is not allowed by mqtt.allowed_response_topics "
                 f"({', '.join(policy.allowed_response_topics)})")
     return None
+
+
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates (JSON can carry them; UTF-8 and MQTT cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_request(
@@ -242,7 +262,7 @@ def parse_request(
                        prompt=stripped, plain=True)
     try:
         obj = json.loads(stripped)
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # ValueError: also int digit limits
         raise RequestRejected(ErrorCode.INVALID_JSON, f"payload is not valid JSON: {err}",
                               target) from None
     return _from_json(obj, policy, target)
@@ -251,7 +271,7 @@ def parse_request(
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -263,9 +283,12 @@ def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) 
         raw_id = new_request_id()
     elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
         raise RequestRejected(ErrorCode.INVALID_REQUEST, "id: must be a string or an integer", target)
-    elif isinstance(raw_id, str) and not 0 < len(raw_id) <= MAX_ID_CHARS:
+    elif isinstance(raw_id, str) and not (0 < len(raw_id) <= MAX_ID_CHARS and _encodable(raw_id)):
         raise RequestRejected(ErrorCode.INVALID_REQUEST,
-                              f"id: must be 1 to {MAX_ID_CHARS} characters", target)
+                              f"id: must be 1 to {MAX_ID_CHARS} characters of UTF-8", target)
+    elif isinstance(raw_id, int) and abs(raw_id) > MAX_ID_INT:
+        raise RequestRejected(ErrorCode.INVALID_REQUEST,
+                              f"id: an integer id must be within ±{MAX_ID_INT}", target)
     target = ReplyTarget(raw_id, target.topic, target.correlation_data)
 
     if "response_topic" in obj:
@@ -361,14 +384,20 @@ class _Fields:
         value = self._obj.get(name)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._bad(name, "must be a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise self._bad(name, "must be a finite number") from None
+        if not math.isfinite(value):
             raise self._bad(name, "must be a number")
         if value < minimum or (exclusive and value == minimum):
             raise self._bad(name, f"must be {'>' if exclusive else '>='} {minimum:g}")
         maximum = FLOAT32_MAX if maximum is None else maximum
         if value > maximum:
             raise self._bad(name, f"must be <= {maximum:g}")
-        return float(value)
+        return value
 
     def priority(self) -> Priority:
         value = self._obj.get("priority")
@@ -399,8 +428,8 @@ class _Fields:
             raise self._bad("messages", "must be a non-empty list")
         out = []
         for i, item in enumerate(value):
-            if (not isinstance(item, dict) or item.get("role") not in ROLES
-                    or not isinstance(item.get("content"), str)):
+            if (not isinstance(item, dict) or not isinstance(item.get("role"), str)
+                    or item["role"] not in ROLES or not isinstance(item.get("content"), str)):
                 raise self._bad(f"messages[{i}]",
                                 "must be {\"role\": system|user|assistant, \"content\": string}")
             out.append(Message(item["role"], item["content"]))
@@ -412,7 +441,8 @@ class _Fields:
 def parse_abort(payload: bytes) -> str | None:
     """The request key an `~/abort` payload names; None means "the running request".
 
-    Accepts empty (HA's button), a bare id, or `{"id": ...}`.
+    Accepts empty (HA's button), a bare id, or `{"id": ...}`; a JSON object without an id names
+    no request and gives "".
     """
     text = payload.decode("utf-8", errors="replace").strip()
     if not text:
@@ -420,8 +450,9 @@ def parse_abort(payload: bytes) -> str | None:
     if text.startswith("{"):
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return text
         value = obj.get("id") if isinstance(obj, dict) else None
-        return None if value is None else str(value)
+        # An object without an id names no request (""): it must not abort someone else's run.
+        return "" if value is None else str(value)
     return text

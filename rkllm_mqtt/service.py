@@ -45,6 +45,7 @@ from rkllm_mqtt.protocol import (
     ErrorCode,
     Message,
     Outgoing,
+    ReplyTarget,
     Request,
     RequestPolicy,
     RequestRejected,
@@ -153,6 +154,7 @@ class Service:
         self._loop_thread: threading.Thread | None = None
         self._next_ping = 0.0
         self._announced_at_start = False
+        self._rediscovery_pending = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,6 +226,12 @@ class Service:
             except RequestRejected as rejected:
                 self._post(partial(self._reject, rejected))
                 return
+            except Exception:  # a parser bug must still answer the client, never go silent
+                log.exception("could not parse a request on %s", msg.topic)
+                target = ReplyTarget(None, self.policy.default_topic, msg.correlation_data)
+                self._post(partial(self._reject, RequestRejected(
+                    ErrorCode.INVALID_REQUEST, "the request could not be read", target)))
+                return
             self._post(partial(self._on_request, request, time.monotonic()))
         elif msg.topic == self.topics["abort"]:
             self._post(partial(self._on_abort, parse_abort(msg.payload)))
@@ -247,9 +255,13 @@ class Service:
         interval = self.notifier.watchdog_interval_s
         while True:
             now = time.monotonic()
+            # A run already asked to stop has no deadline left to wake for (waking at a passed
+            # one would spin while a slow runtime winds down).
+            running = self._running
+            run_deadline = (running.run_deadline
+                            if running is not None and running.abort_reason is None else None)
             wake = min([1.0] + [t - now for t, _ in self._timers]
-                       + [d - now for d in (self._scheduler.next_deadline(),
-                                            self._running.run_deadline if self._running else None)
+                       + [d - now for d in (self._scheduler.next_deadline(), run_deadline)
                           if d is not None]
                        + ([self._next_ping - now] if interval else []))
             try:
@@ -505,14 +517,24 @@ class Service:
         if self._announced_at_start:
             self._announced_at_start = False
             return
+        self._announce()
+
+    def _announce(self) -> None:
         self._publish_discovery()
         self._publish_state(force=True)
         self._publish_last()
 
     def _on_ha_online(self) -> None:
+        if self._rediscovery_pending:  # one re-announcement however often "online" arrives
+            return
+        self._rediscovery_pending = True
         delay = random.uniform(0, self.settings.homeassistant.rediscovery_delay_max_s)
         log.info("Home Assistant came online; re-sending discovery in %.1f s", delay)
-        self._timers.append((time.monotonic() + delay, self._on_connected))
+        self._timers.append((time.monotonic() + delay, self._rediscover))
+
+    def _rediscover(self) -> None:
+        self._rediscovery_pending = False
+        self._announce()
 
     def _begin_shutdown(self) -> None:
         if self._stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rkllm_mqtt.exitcodes import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from rkllm_mqtt.simulator import build_simulator, expected_answer, sim_model_file
 
 
@@ -79,3 +80,11 @@ def test_sigterm_ends_generate_like_ctrl_c(tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 130
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_ask_without_a_broker_is_a_failed_question_not_a_runtime_error() -> None:
+    from rkllm_mqtt.broker import free_port
+
+    env = {**os.environ, "RKLLM_MQTT_MQTT__PORT": str(free_port())}
+    proc = run_cli("ask", "--timeout", "5", "hello", env=env)
+    assert_one_line_error(proc, EXIT_FAILURE, "")

@@ -209,4 +209,41 @@ def test_parse_abort():
     assert parse_abort(b"kitchen-42") == "kitchen-42"
     assert parse_abort(b'{"id": "k"}') == "k"
     assert parse_abort(b'{"id": 7}') == "7"
-    assert parse_abort(b"{}") is None
+    assert parse_abort(b"{}") == ""  # names no request: must not abort the running one
+    assert parse_abort(b'{"foo": 1}') == ""
+    assert parse_abort(b"{" * 100_000) == "{" * 100_000  # too deep for JSON: taken as an id
+
+
+@pytest.mark.parametrize("topic", [
+    "rkllm/reply/a\u0001b", "rkllm/reply/a\u0085", "rkllm/reply/\uffff", "rkllm/reply/\udc00",
+    "rkllm/reply/" + "a/" * 300,
+])
+def test_response_topics_a_broker_would_refuse_are_forbidden(topic):
+    err = rejected(json.dumps({"id": "t", "prompt": "x", "response_topic": topic}).encode())
+    assert err.code is ErrorCode.FORBIDDEN_TOPIC
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"id": "\\ud800", "prompt": "x"}',
+    b'{"id": 99999999999999999999, "prompt": "x"}',
+    b'{"messages": [{"role": [], "content": "x"}]}',
+    b'{"messages": [{"role": {}, "content": "x"}]}',
+    b'{"prompt": "x", "ttl_s": 1' + b"0" * 400 + b"}",
+    b'{"prompt": "x", "temperature": 1' + b"0" * 400 + b"}",
+])
+def test_odd_values_are_invalid_requests_not_exceptions(payload):
+    assert rejected(payload).code is ErrorCode.INVALID_REQUEST
+
+
+def test_giant_integers_are_invalid_json_not_exceptions():
+    roomy = RequestPolicy(default_topic=POLICY.default_topic,
+                          allowed_response_topics=POLICY.allowed_response_topics)
+    with pytest.raises(RequestRejected) as info:
+        parse_request(b'{"prompt": "x", "top_k": ' + b"9" * 5000 + b"}", roomy)
+    assert info.value.code is ErrorCode.INVALID_JSON
+
+
+def test_a_reply_with_a_lone_surrogate_still_encodes():
+    target = ReplyTarget("r", "rkllm/n/response")
+    payload = final_error(target, ErrorCode.INVALID_REQUEST, "bad \udc00 value").payload
+    assert json.loads(payload)["error"]["message"] == "bad ? value"

@@ -443,3 +443,18 @@ def test_a_chat_client_sending_its_whole_history_continues_the_cache(broker, dae
                         {"role": "user", "content": "two"}])
     assert second == expected_answer("two")  # only the new turn went to the model
     assert svc.engine.session.call_native(_sim_history) == ["one", first, "two", second]
+
+
+def test_many_home_assistant_births_give_one_re_announcement(broker, daemon_settings):
+    from rkllm_mqtt.service import Service
+
+    svc = Service(daemon_settings(broker, homeassistant={"discovery": True}))  # not started
+    for _ in range(5):
+        svc._on_ha_online()
+    assert len(svc._timers) == 1  # one re-announcement is scheduled, however many births
+    _, announce = svc._timers.pop()
+    announced: list[bool] = []
+    svc._announce = lambda: announced.append(True)
+    announce()
+    svc._on_ha_online()  # a later birth schedules the next one
+    assert announced == [True] and len(svc._timers) == 1
