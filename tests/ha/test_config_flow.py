@@ -135,3 +135,21 @@ async def test_options(ha_with_mqtt: HomeAssistant) -> None:
     assert entry.options == {c.CONF_PROMPT: "Answer like a pirate.", c.CONF_MAX_NEW_TOKENS: 64,
                              c.CONF_TEMPERATURE: 0.2, c.CONF_TIMEOUT: 30, c.CONF_MAX_HISTORY: 3}
     assert isinstance(entry.options[c.CONF_MAX_NEW_TOKENS], int)
+
+
+async def test_picking_a_daemon_whose_discovery_is_in_progress_creates_the_entry(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    hass = ha_with_mqtt
+    outside_client().publish(f"{BASE_TOPIC}/kitchen/status", "online", retain=True)
+    await wait_until(hass, lambda: _mqtt_flows(hass), "a discovery flow")
+
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_BASE_TOPIC: BASE_TOPIC})
+    assert result["step_id"] == "pick"
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {CONF_NODE_ID: "kitchen"})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["result"].unique_id == f"{BASE_TOPIC}/kitchen"
+    await hass.async_block_till_done()
+    # The discovery flow for the same daemon is gone with it (Home Assistant aborts it).
+    assert _mqtt_flows(hass) == []

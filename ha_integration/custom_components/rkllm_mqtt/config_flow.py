@@ -162,7 +162,9 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
     async def async_step_pick(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         if user_input is not None:
             self._node_id = user_input[CONF_NODE_ID]
-            await self.async_set_unique_id(f"{self._base_topic}/{self._node_id}")
+            # A discovery flow for the same daemon may be waiting for confirmation: this one wins,
+            # and Home Assistant aborts that one when the entry is created.
+            await self.async_set_unique_id(f"{self._base_topic}/{self._node_id}", raise_on_progress=False)
             self._abort_if_unique_id_configured()
             return self._create_entry()
         options = [
