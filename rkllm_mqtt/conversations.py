@@ -113,10 +113,12 @@ class Conversations:
                     clear_kv=clear, continues_kv=False)
 
     def finished(self, conversation: str | None, new: Sequence[Message], system: str | None,
-                 answer: str | None) -> None:
+                 answer: str | None, *, cache_exact: bool = True) -> None:
         """Record a run's outcome; `answer=None` means it did not complete (error, abort).
 
-        An incomplete run leaves the cache in an unknown state, so the next run rebuilds.
+        An incomplete run leaves the cache in an unknown state, so the next run rebuilds; so does
+        an answer cut by the daemon (`cache_exact=False`: a stop sequence), whose cache may hold
+        tokens past the text that was kept.
         """
         if answer is None:
             self._kv_owner, self._kv_dirty = None, True
@@ -136,8 +138,8 @@ class Conversations:
             user, old_answer = conv.turns.pop(0)
             conv.chars -= _turn_chars(user, old_answer)
             trimmed = True
-        if trimmed and self._kv_owner == conversation:
-            # The cache still holds the evicted turns; rebuild next time so it stays bounded too.
+        if (trimmed or not cache_exact) and self._kv_owner == conversation:
+            # The cache holds evicted turns or tokens past a cut answer: rebuild it next time.
             self._kv_owner, self._kv_dirty = None, True
         while len(self._store) > self.max_conversations:
             evicted, _ = self._store.popitem(last=False)

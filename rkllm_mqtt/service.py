@@ -426,7 +426,8 @@ class Service:
                                timing=timing)
             return
         self._conversations.finished(request.conversation, job.new_messages,
-                                     plan.system if plan else request.system, event.text)
+                                     plan.system if plan else request.system, event.text,
+                                     cache_exact=event.finish_reason != "stop_sequence")
         log.info("answered %r: %s, %d tokens, %.0f ms (queue %.0f ms)", target.id,
                  event.finish_reason, stats.completion_tokens, timing["total_ms"],
                  timing["queue_ms"])

@@ -129,3 +129,12 @@ def test_new_turns_without_assistant_messages_are_appended():
     c.finished("a", user("q1"), None, "a1")
     assert c.new_part("a", user("q2")) == user("q2")
     assert c.new_part(None, chat("q1", "a1", "q2")) == chat("q1", "a1", "q2")
+
+
+def test_an_answer_cut_by_a_stop_sequence_rebuilds_the_cache_next_time():
+    c = store()
+    c.plan("a", user("q1"), None)
+    c.finished("a", user("q1"), None, "cut", cache_exact=False)
+    p = c.plan("a", user("q2"), None)
+    assert p.clear_kv and not p.continues_kv
+    assert p.messages == (*user("q1"), Message("assistant", "cut"), *user("q2"))
