@@ -341,6 +341,17 @@ async def test_an_empty_answer_keeps_the_conversation_consistent(
     assert second.response.speech["plain"]["speech"] == expected_answer("Now speak")
 
 
+MQTT_DEVICE = ("mqtt", f"rkllm_{NODE_ID}")  # the identifier of the daemon's discovery device
+
+
+def _devices_without_entities(hass: HomeAssistant, entry_id: str) -> list[dr.DeviceEntry]:
+    entities = er.async_get(hass)
+    return [
+        device for device in dr.async_entries_for_config_entry(dr.async_get(hass), entry_id)
+        if not er.async_entries_for_device(entities, device.id, include_disabled_entities=True)
+    ]
+
+
 async def test_the_agent_joins_the_device_of_the_daemons_discovery(
     ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
 ) -> None:
@@ -348,7 +359,7 @@ async def test_the_agent_joins_the_device_of_the_daemons_discovery(
     start_daemon(**QWEN_TEMPLATE)
     devices = dr.async_get(hass)
     daemon_device = await wait_until(
-        hass, lambda: devices.async_get_device(identifiers={("mqtt", f"rkllm_{NODE_ID}")}),
+        hass, lambda: devices.async_get_device(identifiers={MQTT_DEVICE}),
         "the device from the daemon's MQTT discovery",
     )
     entry = await setup_entry(hass)
@@ -358,18 +369,53 @@ async def test_the_agent_joins_the_device_of_the_daemons_discovery(
     device = devices.async_get(daemon_device.id)
     assert entry.entry_id in device.config_entries
     assert device.name == f"RKLLM {NODE_ID}"  # the daemon's name, not overwritten
+    assert device.model == daemon_device.model  # nor its model
+    assert _devices_without_entities(hass, entry.entry_id) == []
 
 
-async def test_without_the_daemons_discovery_the_agent_has_its_own_device(
-    ha_with_mqtt: HomeAssistant
+async def test_the_agent_has_the_same_device_before_and_after_the_daemons_discovery(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
 ) -> None:
+    """Whichever comes first, the daemon's discovery or this entry's setup, there is one device."""
     hass = ha_with_mqtt
+    devices = dr.async_get(hass)
     entry = await setup_entry(hass)
-    entity = er.async_get(hass).async_get(ENTITY_ID)
-    device = dr.async_get(hass).async_get(entity.device_id)
-    assert device.identifiers == {(rkllm_const.DOMAIN, entry.entry_id)}
+    device = devices.async_get(er.async_get(hass).async_get(ENTITY_ID).device_id)
+    # Made by the entity, under the identifier the daemon's discovery will use, named like it.
+    assert device.identifiers == {MQTT_DEVICE}
     assert device.name == f"RKLLM {NODE_ID}"
-    assert device.entry_type is dr.DeviceEntryType.SERVICE
+    assert device.entry_type is None
+    assert _devices_without_entities(hass, entry.entry_id) == []
+
+    start_daemon(**QWEN_TEMPLATE)
+    mqtt_entry_id = hass.config_entries.async_entries("mqtt")[0].entry_id
+    await wait_until(
+        hass, lambda: mqtt_entry_id in devices.async_get(device.id).config_entries,
+        "the daemon's discovery to join the device",
+    )
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert er.async_get(hass).async_get(ENTITY_ID).device_id == device.id
+    assert _devices_without_entities(hass, entry.entry_id) == []
+    assert [d.id for d in dr.async_entries_for_config_entry(devices, entry.entry_id)] == [device.id]
+
+
+async def test_a_stale_device_of_the_entry_is_removed(ha_with_mqtt: HomeAssistant) -> None:
+    """Earlier versions made the agent its own service device; an empty one is not left behind."""
+    hass = ha_with_mqtt
+    devices = dr.async_get(hass)
+    entry = await setup_entry(hass)
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    stale = devices.async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={(rkllm_const.DOMAIN, entry.entry_id)},
+        name=f"RKLLM {NODE_ID}", entry_type=dr.DeviceEntryType.SERVICE,
+    )
+
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert devices.async_get(stale.id) is None
+    assert _devices_without_entities(hass, entry.entry_id) == []
+    assert er.async_get(hass).async_get(ENTITY_ID).device_id is not None
 
 
 async def test_a_conversation_the_daemon_evicted_keeps_its_context(

@@ -28,6 +28,7 @@ from .const import (
     SERVICE_GENERATE,
     reply_topic,
 )
+from .entity import async_remove_stale_devices
 
 RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
 
@@ -102,6 +103,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> boo
     entry.runtime_data = client
     # Options are read at every request, so changing them needs no reload.
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    async_remove_stale_devices(hass, entry)
     return True
 
 

@@ -29,6 +29,8 @@ ATTR_PROMPT = "prompt"
 ATTR_SYSTEM = "system"
 
 STATUS_ONLINE = "online"
+# The manufacturer the daemon's MQTT discovery gives its device (rkllm_mqtt.discovery.MANUFACTURER).
+DEVICE_MANUFACTURER = "rkllm-mqtt"
 
 # The manual config-flow step listens this long for retained `<base>/+/status` messages: HA sends
 # SUBSCRIBEs after a debounce of up to 0.5 s, and the broker answers with every retained status at

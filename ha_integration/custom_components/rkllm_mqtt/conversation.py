@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 async def async_setup_entry(
     hass: HomeAssistant, entry: RkllmConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
 ) -> None:
-    async_add_entities([RkllmConversationEntity(entry, daemon_device_info(hass, entry))])
+    async_add_entities([RkllmConversationEntity(entry, daemon_device_info(entry))])
 
 
 class RkllmConversationEntity(RkllmBaseEntity, conversation.ConversationEntity):

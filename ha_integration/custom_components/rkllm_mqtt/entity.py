@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import conversation
+from homeassistant.core import callback
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.entity import Entity
 
 from .const import (
@@ -18,7 +20,7 @@ from .const import (
     CONF_TIMEOUT,
     DEFAULT_MAX_HISTORY,
     DEFAULT_TIMEOUT,
-    DOMAIN,
+    DEVICE_MANUFACTURER,
 )
 
 if TYPE_CHECKING:
@@ -30,23 +32,36 @@ if TYPE_CHECKING:
 MAX_CONVERSATION_KEY = 128  # the contract's limit for `conversation` (and `id`)
 
 
-def daemon_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
-    """Join the device the daemon's own MQTT discovery made, or make one when there is none.
+def daemon_device_info(entry: RkllmConfigEntry) -> dr.DeviceInfo:
+    """The device of the daemon's own MQTT discovery, whether it exists yet or not.
 
-    One device then shows the daemon's sensors and its conversation agent together. The identifier
-    is the one `rkllm_mqtt.discovery` announces; MQTT is a low-priority domain for a shared device,
-    so the link adds this entry without renaming anything.
+    One device then shows the daemon's sensors and its conversation agent together, whichever of
+    the two Home Assistant sees first. The identifier is the one `rkllm_mqtt.discovery` announces.
+    When the entity comes first, Home Assistant makes the device and names it after the entry
+    ("RKLLM <node>", the daemon's default name too); when discovery comes first or later, it names
+    the device and sets its model. The manufacturer is the daemon's own, so nothing flips.
     """
-    mqtt_identifier = ("mqtt", f"rkllm_{entry.data[CONF_NODE_ID]}")
-    if dr.async_get(hass).async_get_device(identifiers={mqtt_identifier}) is not None:
-        return dr.DeviceInfo(identifiers={mqtt_identifier})
     return dr.DeviceInfo(
-        identifiers={(DOMAIN, entry.entry_id)},
-        name=entry.title,
-        manufacturer="rkllm-mqtt",
-        model="RKLLM LLM daemon",
-        entry_type=dr.DeviceEntryType.SERVICE,
+        identifiers={("mqtt", f"rkllm_{entry.data[CONF_NODE_ID]}")}, manufacturer=DEVICE_MANUFACTURER
     )
+
+
+@callback
+def async_remove_stale_devices(hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
+    """Unlink the entry from devices that hold none of its entities (run after the entities are added).
+
+    Earlier versions gave the agent a device of its own when the daemon's discovery had not arrived
+    yet; once the entity moved to the discovery device, that one stayed behind empty. A device that
+    no config entry holds any more is removed by Home Assistant.
+    """
+    devices = dr.async_get(hass)
+    entities = er.async_get(hass)
+    for device in dr.async_entries_for_config_entry(devices, entry.entry_id):
+        if not any(
+            entity.config_entry_id == entry.entry_id
+            for entity in er.async_entries_for_device(entities, device.id, include_disabled_entities=True)
+        ):
+            devices.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
 
 
 def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
