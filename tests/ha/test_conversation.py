@@ -442,3 +442,25 @@ async def test_a_conversation_the_daemon_evicted_keeps_its_context(
     ]
     transcript = f"User: My name is Ada\nAssistant: {answer}\nUser: What is my name?"
     assert second.response.speech["plain"]["speech"] == expected_answer(transcript)
+
+
+async def test_a_reload_during_an_answer_aborts_it(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    """Reloading (or removing) the entry while an answer runs frees the NPU and says why it stopped."""
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    entry = await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
+    request = await spy.request()
+    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    result = await task
+    assert _error_speech(result) == (
+        "The RKLLM over MQTT integration was unloaded or is reloading, so the answer was abandoned."
+    )
+    assert await spy.abort() == request["id"]
+    final = await spy.final(request)
+    assert (final["error"]["code"], final["finish_reason"]) == ("aborted", "abort")

@@ -108,4 +108,6 @@ async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> boo
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
+    """Remove the conversation agent; then `RkllmClient.async_stop` (an on-unload hook) aborts and
+    fails whatever is still waiting for the daemon, and unsubscribes."""
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)

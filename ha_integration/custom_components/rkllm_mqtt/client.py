@@ -21,8 +21,9 @@ from homeassistant.exceptions import HomeAssistantError
 
 from .const import LOGGER, STATUS_ONLINE, status_topic
 
-# Put into a pending request's queue when the daemon goes offline or the entry unloads.
-_GONE: dict[str, Any] = {"type": "_gone"}
+# Put into a pending request's queue when the daemon goes offline, or when the entry unloads.
+_OFFLINE: dict[str, Any] = {"type": "_offline"}
+_UNLOADED: dict[str, Any] = {"type": "_unloaded"}
 
 
 class RkllmError(HomeAssistantError):
@@ -31,6 +32,10 @@ class RkllmError(HomeAssistantError):
 
 class DaemonOfflineError(RkllmError):
     """The daemon's status is not `online`, or it went offline while answering."""
+
+
+class IntegrationUnloadedError(RkllmError):
+    """The config entry unloaded (reload, removal, Home Assistant stopping) while the request ran."""
 
 
 class DaemonTimeoutError(RkllmError):
@@ -82,13 +87,21 @@ class RkllmClient:
             mqtt.async_subscribe_connection_status(self.hass, self._on_connection),
         ]
 
-    @callback
-    def async_stop(self) -> None:
-        """Unsubscribe and fail whatever is still waiting (the entry is unloading)."""
+    async def async_stop(self) -> None:
+        """The entry is unloading: unsubscribe, fail what is still waiting and abort it on the daemon.
+
+        Nobody will read those answers, so the NPU should not keep working on them.
+        """
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
-        self._fail_pending()
+        pending = list(self._pending)
+        self._fail_pending(_UNLOADED)
+        for request_id in pending:
+            try:
+                await self.async_abort(request_id)
+            except HomeAssistantError as err:  # MQTT is already gone (Home Assistant is stopping)
+                LOGGER.debug("Could not abort %s on %s: %s", request_id, self.prefix, err)
 
     @callback
     def async_add_listener(self, update: Callable[[], None]) -> CALLBACK_TYPE:
@@ -112,7 +125,7 @@ class RkllmClient:
         self.online = online
         LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
         if not online:
-            self._fail_pending()
+            self._fail_pending(_OFFLINE)
         for update in list(self._listeners):
             update()
 
@@ -134,9 +147,9 @@ class RkllmClient:
         queue.put_nowait(reply)
 
     @callback
-    def _fail_pending(self) -> None:
+    def _fail_pending(self, reason: dict[str, Any]) -> None:
         for queue in self._pending.values():
-            queue.put_nowait(_GONE)
+            queue.put_nowait(reason)
 
     def generate(
         self,
@@ -222,10 +235,16 @@ class Generation:
                     raise DaemonTimeoutError(
                         f"The RKLLM daemon {client.node_id} did not answer within {self._timeout:g} seconds."
                     ) from None
-                if reply is _GONE:
+                if reply is _OFFLINE:
                     finished = True
                     raise DaemonOfflineError(
                         f"The RKLLM daemon {client.node_id} went offline while answering."
+                    )
+                if reply is _UNLOADED:
+                    finished = True  # RkllmClient.async_stop publishes the abort
+                    raise IntegrationUnloadedError(
+                        "The RKLLM over MQTT integration was unloaded or is reloading, so the answer was"
+                        " abandoned."
                     )
                 if reply.get("type") == "token":
                     seq, text = reply.get("seq"), reply.get("text")
