@@ -464,3 +464,21 @@ async def test_a_reload_during_an_answer_aborts_it(
     assert await spy.abort() == request["id"]
     final = await spy.final(request)
     assert (final["error"]["code"], final["finish_reason"]) == ("aborted", "abort")
+
+
+async def test_the_config_entry_id_is_an_agent_id(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
+) -> None:
+    """Like core's LLM integrations, the agent answers to its config entry id as well as its entity id."""
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    entry = await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    result = await conversation.async_converse(
+        hass, "Who are you?", None, Context(), language="en", agent_id=entry.entry_id
+    )
+    assert result.response.speech["plain"]["speech"] == expected_answer("Who are you?")
+
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    assert conversation.async_get_agent_info(hass, entry.entry_id) is None

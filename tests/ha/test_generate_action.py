@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 import pytest
+import voluptuous as vol
 from harness import OutsideClient
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import HomeAssistant
@@ -106,3 +107,11 @@ async def test_generate_errors(ha_with_mqtt: HomeAssistant, start_daemon: Callab
     with pytest.raises(HomeAssistantError, match=r"could not answer \(runtime_error\)") as err:
         await _generate(hass, prompt="Fail [sim:error]", config_entry=kitchen.entry_id)
     assert err.value.code == "runtime_error"
+
+
+async def test_generate_needs_a_prompt(ha_with_mqtt: HomeAssistant) -> None:
+    hass = ha_with_mqtt
+    entry = await setup_entry(hass)
+    for prompt in ("", None):
+        with pytest.raises(vol.Invalid):
+            await _generate(hass, prompt=prompt, config_entry=entry.entry_id)

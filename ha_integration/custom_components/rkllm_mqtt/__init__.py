@@ -37,7 +37,7 @@ CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 GENERATE_SCHEMA = vol.Schema(
     {
-        vol.Required(ATTR_PROMPT): cv.string,
+        vol.Required(ATTR_PROMPT): vol.All(cv.string, vol.Length(min=1)),
         vol.Optional(ATTR_SYSTEM): cv.string,
         vol.Optional(CONF_MAX_NEW_TOKENS): vol.All(vol.Coerce(int), vol.Range(min=1)),
         vol.Optional(CONF_TEMPERATURE): vol.All(vol.Coerce(float), vol.Range(min=0.0, max=2.0)),

@@ -25,11 +25,22 @@ async def async_setup_entry(
     async_add_entities([RkllmConversationEntity(entry, daemon_device_info(entry))])
 
 
-class RkllmConversationEntity(RkllmBaseEntity, conversation.ConversationEntity):
+class RkllmConversationEntity(
+    RkllmBaseEntity, conversation.ConversationEntity, conversation.AbstractConversationAgent
+):
     """Answers Assist with the daemon's model; HA's conversation id is the daemon's conversation."""
 
     # Read by Home Assistant releases after 2025.4 to start speaking before the answer is complete.
     _attr_supports_streaming = True
+
+    async def async_added_to_hass(self) -> None:
+        """Also answer to the config entry id as an agent id, as core's LLM integrations do."""
+        await super().async_added_to_hass()
+        conversation.async_set_agent(self.hass, self.entry, self)
+
+    async def async_will_remove_from_hass(self) -> None:
+        conversation.async_unset_agent(self.hass, self.entry)
+        await super().async_will_remove_from_hass()
 
     @property
     def supported_languages(self) -> list[str] | Literal["*"]:
