@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import voluptuous as vol
@@ -115,3 +116,19 @@ async def test_generate_needs_a_prompt(ha_with_mqtt: HomeAssistant) -> None:
     for prompt in ("", None):
         with pytest.raises(vol.Invalid):
             await _generate(hass, prompt=prompt, config_entry=entry.entry_id)
+
+
+async def test_errors_carry_their_translation(ha_with_mqtt: HomeAssistant) -> None:
+    """The English sentences are strings.json's `exceptions`, so the frontend can translate them."""
+    component = Path(rkllm_const.__file__).parent
+    for name in ("strings.json", "translations/en.json"):
+        exceptions = json.loads((component / name).read_text())["exceptions"]
+        assert {key: value["message"] for key, value in exceptions.items()} == rkllm_const.EXCEPTION_MESSAGES
+
+    hass = ha_with_mqtt
+    entry = await setup_entry(hass)  # no daemon: offline
+    with pytest.raises(rkllm_client.DaemonOfflineError) as err:
+        await _generate(hass, prompt="Hi", config_entry=entry.entry_id)
+    assert (err.value.translation_domain, err.value.translation_key) == (DOMAIN, "offline")
+    assert err.value.translation_placeholders == {"node_id": NODE_ID}
+    assert str(err.value) == f"The RKLLM daemon {NODE_ID} is offline."

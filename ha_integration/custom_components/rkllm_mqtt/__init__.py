@@ -26,6 +26,7 @@ from .const import (
     DEFAULT_TIMEOUT,
     DOMAIN,
     SERVICE_GENERATE,
+    exception_args,
     reply_topic,
 )
 from .entity import async_remove_stale_devices
@@ -77,14 +78,19 @@ def _entry_for_call(hass: HomeAssistant, entry_id: str | None) -> RkllmConfigEnt
         if len(loaded) == 1:
             return loaded[0]
         if not loaded:
-            raise ServiceValidationError("No RKLLM daemon is set up.")
-        raise ServiceValidationError("Several RKLLM daemons are set up: choose one with config_entry.")
+            raise _invalid("no_daemon")
+        raise _invalid("several_daemons")
     entry = hass.config_entries.async_get_entry(entry_id)
     if entry is None or entry.domain != DOMAIN:
-        raise ServiceValidationError(f"{entry_id} is not an RKLLM daemon's config entry.")
+        raise _invalid("not_a_daemon", entry_id=entry_id)
     if entry.state is not ConfigEntryState.LOADED:
-        raise ServiceValidationError(f"The RKLLM daemon {entry.title} is not loaded.")
+        raise _invalid("not_loaded", title=entry.title)
     return entry
+
+
+def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
+    args, kwargs = exception_args(key, **placeholders)
+    return ServiceValidationError(*args, **kwargs)
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:

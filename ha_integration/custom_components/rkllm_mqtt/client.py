@@ -19,7 +19,7 @@ from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 
-from .const import LOGGER, STATUS_ONLINE, status_topic
+from .const import LOGGER, STATUS_ONLINE, exception_args, status_topic
 
 # Put into a pending request's queue when the daemon goes offline, or when the entry unloads.
 _OFFLINE: dict[str, Any] = {"type": "_offline"}
@@ -28,6 +28,10 @@ _UNLOADED: dict[str, Any] = {"type": "_unloaded"}
 
 class RkllmError(HomeAssistantError):
     """A failure the user sees as one sentence (Assist speaks it, an action call shows it)."""
+
+    def __init__(self, key: str, **placeholders: str) -> None:
+        args, kwargs = exception_args(key, **placeholders)
+        super().__init__(*args, **kwargs)
 
 
 class DaemonOfflineError(RkllmError):
@@ -45,8 +49,15 @@ class DaemonTimeoutError(RkllmError):
 class DaemonReplyError(RkllmError):
     """The daemon answered with an error, or stopped before the answer was finished."""
 
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, node_id: str, message: str = "") -> None:
+        if code in ("aborted", "abort"):
+            super().__init__("aborted")
+        elif code in ("deadline_exceeded", "deadline"):
+            super().__init__("deadline", node_id=node_id)
+        elif code in ("queue_full", "context_too_long"):
+            super().__init__(code, node_id=node_id)
+        else:
+            super().__init__("reply_error", node_id=node_id, code=code, message=message)
         self.code = code
 
 
@@ -213,7 +224,7 @@ class Generation:
     async def __aiter__(self) -> AsyncIterator[str]:
         client = self._client
         if not client.online:
-            raise DaemonOfflineError(f"The RKLLM daemon {client.node_id} is offline.")
+            raise DaemonOfflineError("offline", node_id=client.node_id)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         client._pending[self.id] = queue
         finished = False
@@ -233,19 +244,14 @@ class Generation:
                     finished = True
                     await client.async_abort(self.id)
                     raise DaemonTimeoutError(
-                        f"The RKLLM daemon {client.node_id} did not answer within {self._timeout:g} seconds."
+                        "timeout", node_id=client.node_id, timeout=f"{self._timeout:g}"
                     ) from None
                 if reply is _OFFLINE:
                     finished = True
-                    raise DaemonOfflineError(
-                        f"The RKLLM daemon {client.node_id} went offline while answering."
-                    )
+                    raise DaemonOfflineError("went_offline", node_id=client.node_id)
                 if reply is _UNLOADED:
                     finished = True  # RkllmClient.async_stop publishes the abort
-                    raise IntegrationUnloadedError(
-                        "The RKLLM over MQTT integration was unloaded or is reloading, so the answer was"
-                        " abandoned."
-                    )
+                    raise IntegrationUnloadedError("unloaded")
                 if reply.get("type") == "token":
                     seq, text = reply.get("seq"), reply.get("text")
                     if isinstance(seq, int):
@@ -278,9 +284,9 @@ def _final_result(reply: dict[str, Any], node_id: str) -> GenerationResult:
     if reply.get("status") != "ok":
         error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
         code = str(error.get("code") or "unknown")
-        raise DaemonReplyError(_error_sentence(code, str(error.get("message") or ""), node_id), code)
+        raise DaemonReplyError(code, node_id, str(error.get("message") or ""))
     if finish_reason in ("abort", "deadline"):
-        raise DaemonReplyError(_error_sentence(finish_reason, "", node_id), finish_reason)
+        raise DaemonReplyError(finish_reason, node_id)
     usage, timing = reply.get("usage"), reply.get("timing")
     return GenerationResult(
         text=str(reply.get("text") or ""),
@@ -289,14 +295,3 @@ def _final_result(reply: dict[str, Any], node_id: str) -> GenerationResult:
         timing=timing if isinstance(timing, dict) else {},
     )
 
-
-def _error_sentence(code: str, message: str, node_id: str) -> str:
-    if code in ("aborted", "abort"):
-        return "The answer was stopped before it was finished."
-    if code in ("deadline_exceeded", "deadline"):
-        return f"The RKLLM daemon {node_id} ran out of time before it finished the answer."
-    if code == "queue_full":
-        return f"The RKLLM daemon {node_id} is busy with other requests; try again in a moment."
-    if code == "context_too_long":
-        return "The conversation is too long for the model; start a new one."
-    return f"The RKLLM daemon {node_id} could not answer ({code}): {message}"

@@ -28,6 +28,33 @@ ATTR_CONFIG_ENTRY = "config_entry"
 ATTR_PROMPT = "prompt"
 ATTR_SYSTEM = "system"
 
+# English messages of the errors users see (Assist speaks them, action calls show them); the same
+# texts are strings.json's `exceptions`, under which the frontend finds their translations.
+EXCEPTION_MESSAGES = {
+    "no_daemon": "No RKLLM daemon is set up.",
+    "several_daemons": "Several RKLLM daemons are set up: choose one with config_entry.",
+    "not_a_daemon": "{entry_id} is not an RKLLM daemon's config entry.",
+    "not_loaded": "The RKLLM daemon {title} is not loaded.",
+    "offline": "The RKLLM daemon {node_id} is offline.",
+    "went_offline": "The RKLLM daemon {node_id} went offline while answering.",
+    "unloaded": "The RKLLM over MQTT integration was unloaded or is reloading, so the answer was abandoned.",
+    "timeout": "The RKLLM daemon {node_id} did not answer within {timeout} seconds.",
+    "aborted": "The answer was stopped before it was finished.",
+    "deadline": "The RKLLM daemon {node_id} ran out of time before it finished the answer.",
+    "queue_full": "The RKLLM daemon {node_id} is busy with other requests; try again in a moment.",
+    "context_too_long": "The conversation is too long for the model; start a new one.",
+    "reply_error": "The RKLLM daemon {node_id} could not answer ({code}): {message}",
+    "template_error": "Sorry, I had a problem with my instructions template.",
+}
+
+
+def exception_args(key: str, **placeholders: str) -> tuple[tuple[str], dict[str, object]]:
+    """(args, kwargs) for a HomeAssistantError: the English message plus its translation key."""
+    return (EXCEPTION_MESSAGES[key].format(**placeholders),), {
+        "translation_domain": DOMAIN, "translation_key": key, "translation_placeholders": placeholders,
+    }
+
+
 STATUS_ONLINE = "online"
 # The manufacturer the daemon's MQTT discovery gives its device (rkllm_mqtt.discovery.MANUFACTURER).
 DEVICE_MANUFACTURER = "rkllm-mqtt"

@@ -9,7 +9,7 @@ from homeassistant.const import MATCH_ALL
 from homeassistant.exceptions import HomeAssistantError, TemplateError
 from homeassistant.helpers import intent, llm, template
 
-from .const import CONF_PROMPT, LOGGER
+from .const import CONF_PROMPT, LOGGER, exception_args
 from .entity import RkllmBaseEntity, daemon_device_info
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class RkllmConversationEntity(
                            parse_result=False)
         except TemplateError as err:
             LOGGER.error("Error rendering the instructions of %s: %s", self.entity_id, err)
-            raise HomeAssistantError("Sorry, I had a problem with my instructions template.") from err
+            args, kwargs = exception_args("template_error")
+            raise HomeAssistantError(*args, **kwargs) from err
         # Kept on the chat log so every later turn of the conversation gets it too.
         chat_log.extra_system_prompt = user_input.extra_system_prompt or chat_log.extra_system_prompt
         return "\n".join(part for part in (prompt.strip(), chat_log.extra_system_prompt) if part)
