@@ -294,4 +294,3 @@ def _final_result(reply: dict[str, Any], node_id: str) -> GenerationResult:
         usage=usage if isinstance(usage, dict) else {},
         timing=timing if isinstance(timing, dict) else {},
     )
-
