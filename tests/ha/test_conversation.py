@@ -400,24 +400,6 @@ async def test_the_agent_has_the_same_device_before_and_after_the_daemons_discov
     assert [d.id for d in dr.async_entries_for_config_entry(devices, entry.entry_id)] == [device.id]
 
 
-async def test_a_stale_device_of_the_entry_is_removed(ha_with_mqtt: HomeAssistant) -> None:
-    """Earlier versions made the agent its own service device; an empty one is not left behind."""
-    hass = ha_with_mqtt
-    devices = dr.async_get(hass)
-    entry = await setup_entry(hass)
-    assert await hass.config_entries.async_unload(entry.entry_id)
-    stale = devices.async_get_or_create(
-        config_entry_id=entry.entry_id, identifiers={(rkllm_const.DOMAIN, entry.entry_id)},
-        name=f"RKLLM {NODE_ID}", entry_type=dr.DeviceEntryType.SERVICE,
-    )
-
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert devices.async_get(stale.id) is None
-    assert _devices_without_entities(hass, entry.entry_id) == []
-    assert er.async_get(hass).async_get(ENTITY_ID).device_id is not None
-
-
 async def test_a_conversation_the_daemon_evicted_keeps_its_context(
     ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
 ) -> None:

@@ -29,7 +29,6 @@ from .const import (
     exception_args,
     reply_topic,
 )
-from .entity import async_remove_stale_devices
 
 RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
 
@@ -109,7 +108,6 @@ async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> boo
     entry.runtime_data = client
     # Options are read at every request, so changing them needs no reload.
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
-    async_remove_stale_devices(hass, entry)
     return True
 
 

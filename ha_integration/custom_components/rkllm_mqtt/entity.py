@@ -7,9 +7,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import conversation
-from homeassistant.core import callback
 from homeassistant.helpers import device_registry as dr
-from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.entity import Entity
 
 from .const import (
@@ -24,7 +22,6 @@ from .const import (
 )
 
 if TYPE_CHECKING:
-    from homeassistant.core import HomeAssistant
 
     from . import RkllmConfigEntry
     from .client import Generation
@@ -44,24 +41,6 @@ def daemon_device_info(entry: RkllmConfigEntry) -> dr.DeviceInfo:
     return dr.DeviceInfo(
         identifiers={("mqtt", f"rkllm_{entry.data[CONF_NODE_ID]}")}, manufacturer=DEVICE_MANUFACTURER
     )
-
-
-@callback
-def async_remove_stale_devices(hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
-    """Unlink the entry from devices that hold none of its entities (run after the entities are added).
-
-    Earlier versions gave the agent a device of its own when the daemon's discovery had not arrived
-    yet; once the entity moved to the discovery device, that one stayed behind empty. A device that
-    no config entry holds any more is removed by Home Assistant.
-    """
-    devices = dr.async_get(hass)
-    entities = er.async_get(hass)
-    for device in dr.async_entries_for_config_entry(devices, entry.entry_id):
-        if not any(
-            entity.config_entry_id == entry.entry_id
-            for entity in er.async_entries_for_device(entities, device.id, include_disabled_entities=True)
-        ):
-            devices.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
 
 
 def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
