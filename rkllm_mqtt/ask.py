@@ -90,6 +90,7 @@ def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: 
         if reply.get("status") == "ok":
             out.write(("" if stream else reply.get("text", "")) + "\n")
             out.flush()
+            err.write(_summary(reply) + "\n")
             return EXIT_OK
         if stream and next_seq:
             out.write("\n")
@@ -100,3 +101,19 @@ def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: 
         " (no daemon has announced itself on this node)" if daemon_status is None else "")
     err.write(f"rkllm-mqtt: no final reply within {timeout:g} s{hint}\n")
     return EXIT_FAILURE
+
+
+def _summary(final: dict[str, Any]) -> str:
+    """The final reply's figures, in the words `rkllm-mqtt generate` uses (stderr, not the answer)."""
+    usage = final.get("usage") or {}
+    timing = final.get("timing") or {}
+    parts = [f"finish: {final.get('finish_reason')}", f"{usage.get('completion_tokens')} tokens"]
+    if usage.get("prompt_tokens") is not None:
+        parts.append(f"prompt {usage['prompt_tokens']} tokens")
+    if timing.get("ttft_ms") is not None:
+        parts.append(f"first token {timing['ttft_ms']:.0f} ms")
+    if timing.get("tokens_per_s") is not None:
+        parts.append(f"{timing['tokens_per_s']:.1f} tokens/s")
+    if timing.get("total_ms") is not None:
+        parts.append(f"total {timing['total_ms']:.0f} ms")
+    return "[" + ", ".join(parts) + "]"

@@ -65,9 +65,11 @@ def test_ask_reports_error_replies_and_timeouts(broker, daemon, daemon_settings)
     out, err = io.StringIO(), io.StringIO()
     assert ask(svc.settings, "[sim:error]", timeout=20, stream_to=out, errors_to=err) == 1
     assert "runtime_error" in err.getvalue()
-    out = io.StringIO()
-    assert ask(svc.settings, "quiet please", timeout=20, stream=False, stream_to=out) == 0
-    assert out.getvalue() == expected_answer("quiet please") + "\n"
+    out, err = io.StringIO(), io.StringIO()
+    assert ask(svc.settings, "quiet please", timeout=20, stream=False, stream_to=out,
+               errors_to=err) == 0
+    assert out.getvalue() == expected_answer("quiet please") + "\n"  # the answer alone
+    assert err.getvalue().startswith("[finish: stop, ") and " tokens" in err.getvalue()
     nobody = daemon_settings(broker)  # a node no daemon serves
     err = io.StringIO()
     assert ask(nobody, "anyone?", timeout=0.5, stream_to=io.StringIO(), errors_to=err) == 1
