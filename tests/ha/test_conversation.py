@@ -464,3 +464,19 @@ async def test_the_config_entry_id_is_an_agent_id(
 
     assert await hass.config_entries.async_unload(entry.entry_id)
     assert conversation.async_get_agent_info(hass, entry.entry_id) is None
+
+
+def test_the_history_window_moves_half_a_window_at_a_time() -> None:
+    from custom_components.rkllm_mqtt.entity import trim_history
+
+    def chat(earlier: int) -> list[dict[str, str]]:
+        turns = [m for i in range(earlier) for m in ({"role": "user", "content": f"u{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"})]
+        return [*turns, {"role": "user", "content": f"u{earlier}"}]
+
+    starts = [trim_history(chat(earlier), 10)[0]["content"] for earlier in range(9, 18)]
+    # the start stays put for five turns at a time, so the daemon keeps its cache between moves
+    assert starts == ["u0", "u0", "u5", "u5", "u5", "u5", "u5", "u10", "u10"]
+    assert len(trim_history(chat(17), 10)) == 2 * 7 + 1  # never more than the option allows
+    assert trim_history(chat(3), 1)[0]["content"] == "u2"
+    assert trim_history(chat(3), 0) == chat(3)

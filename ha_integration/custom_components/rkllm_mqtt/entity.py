@@ -70,13 +70,21 @@ def conversation_key(conversation_id: str) -> str:
 
 
 def trim_history(messages: list[dict[str, str]], max_history: int) -> list[dict[str, str]]:
-    """The newest user turn with at most `max_history` earlier user turns (and their answers)."""
+    """The newest user turn with at most `max_history` earlier user turns (and their answers).
+
+    The start of the window moves in steps of half the window rather than one turn at a time: the
+    daemon continues its KV cache only while the chat it is sent begins where its stored history
+    does, so a window that slid every turn would make it re-read the conversation every turn.
+    """
     if max_history <= 0:
         return messages
     user_turns = [i for i, message in enumerate(messages) if message["role"] == "user"]
-    if len(user_turns) <= max_history + 1:
+    earlier = len(user_turns) - 1
+    if earlier <= max_history:
         return messages
-    return messages[user_turns[-(max_history + 1)]:]
+    step = max(1, max_history // 2)
+    first = -(-(earlier - max_history) // step) * step  # rounded up to a whole step
+    return messages[user_turns[first]:]
 
 
 async def _deltas(generation: Generation) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
