@@ -593,6 +593,22 @@ typedef struct {
 
 static char *sim_strdup(const char *s) { return s ? strdup(s) : NULL; }
 
+#if SIM_HAS_1_2_0
+/* Keep copies of the three strings a template/tools call hands over (the caller owns its own). */
+static void sim_keep3(SimHandle *h, bool *flag, char **a, char **b, char **c, const char *x,
+                      const char *y, const char *z) {
+    pthread_mutex_lock(&h->mu);
+    free(*a);
+    free(*b);
+    free(*c);
+    *flag = true;
+    *a = sim_strdup(x);
+    *b = sim_strdup(y);
+    *c = sim_strdup(z);
+    pthread_mutex_unlock(&h->mu);
+}
+#endif
+
 static void sim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sim_log(const char *fmt, ...) {
     va_list ap;
@@ -1559,15 +1575,8 @@ SIM_EXPORT int rkllm_set_chat_template(LLMHandle handle, const char *system_prom
                                        const char *prompt_prefix, const char *prompt_postfix) {
     SimHandle *h = sim_handle(handle);
     if (!h) return -1;
-    pthread_mutex_lock(&h->mu);
-    free(h->tpl_system);
-    free(h->tpl_prefix);
-    free(h->tpl_postfix);
-    h->has_template = true;
-    h->tpl_system = sim_strdup(system_prompt);
-    h->tpl_prefix = sim_strdup(prompt_prefix);
-    h->tpl_postfix = sim_strdup(prompt_postfix);
-    pthread_mutex_unlock(&h->mu);
+    sim_keep3(h, &h->has_template, &h->tpl_system, &h->tpl_prefix, &h->tpl_postfix, system_prompt,
+              prompt_prefix, prompt_postfix);
     return 0;
 }
 #endif
@@ -1592,15 +1601,8 @@ SIM_EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_pro
                                         const char *tool_response_str) {
     SimHandle *h = sim_handle(handle);
     if (!h) return -1;
-    pthread_mutex_lock(&h->mu);
-    free(h->tools_system);
-    free(h->tools_json);
-    free(h->tools_response);
-    h->has_tools = true;
-    h->tools_system = sim_strdup(system_prompt);
-    h->tools_json = sim_strdup(tools);
-    h->tools_response = sim_strdup(tool_response_str);
-    pthread_mutex_unlock(&h->mu);
+    sim_keep3(h, &h->has_tools, &h->tools_system, &h->tools_json, &h->tools_response,
+              system_prompt, tools, tool_response_str);
     return 0;
 }
 #endif

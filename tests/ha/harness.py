@@ -45,6 +45,21 @@ class Broker:
     port: int
 
 
+# Component id -> the entity id HA must create of the device "RKLLM kitchen" (node kitchen).
+KITCHEN_ENTITIES = {
+    "status": "sensor.rkllm_kitchen_status",
+    "busy": "binary_sensor.rkllm_kitchen_busy",
+    "tokens_per_second": "sensor.rkllm_kitchen_tokens_per_second",
+    "ttft": "sensor.rkllm_kitchen_time_to_first_token",
+    "queue": "sensor.rkllm_kitchen_queue",
+    "model": "sensor.rkllm_kitchen_model",
+    "last_response": "sensor.rkllm_kitchen_last_response",
+    "prompt": "text.rkllm_kitchen_prompt",
+    "abort": "button.rkllm_kitchen_abort",
+    "response": "event.rkllm_kitchen_response",
+}
+
+
 def mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")
     if found:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from harness import OutsideClient, wait_for_mqtt_idle, wait_until
+from harness import KITCHEN_ENTITIES, OutsideClient, wait_for_mqtt_idle, wait_until
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import EVENT_STATE_CHANGED, STATE_UNAVAILABLE, STATE_UNKNOWN
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, State, callback
@@ -26,19 +26,6 @@ from rkllm_mqtt.simulator import expected_answer, sim_model_file
 
 DISCOVERY_TOPIC = f"homeassistant/device/{NODE_ID}/config"
 
-# Component id -> the entity id HA must create for the daemon's device "RKLLM kitchen".
-ENTITIES = {
-    "status": "sensor.rkllm_kitchen_status",
-    "busy": "binary_sensor.rkllm_kitchen_busy",
-    "tokens_per_second": "sensor.rkllm_kitchen_tokens_per_second",
-    "ttft": "sensor.rkllm_kitchen_time_to_first_token",
-    "queue": "sensor.rkllm_kitchen_queue",
-    "model": "sensor.rkllm_kitchen_model",
-    "last_response": "sensor.rkllm_kitchen_last_response",
-    "prompt": "text.rkllm_kitchen_prompt",
-    "abort": "button.rkllm_kitchen_abort",
-    "response": "event.rkllm_kitchen_response",
-}
 
 # Rediscovery after HA's birth message within 0.2 s instead of 0–5 s; the simulator decodes at a
 # measurable speed (1000 tok/s, so 120 tokens take 0.12 s) so tokens per second is always a number.
@@ -49,13 +36,13 @@ DAEMON_ENV = {
 
 
 def _state(hass: HomeAssistant, cid: str) -> State:
-    state = hass.states.get(ENTITIES[cid])
-    assert state is not None, f"{ENTITIES[cid]} has no state"
+    state = hass.states.get(KITCHEN_ENTITIES[cid])
+    assert state is not None, f"{KITCHEN_ENTITIES[cid]} has no state"
     return state
 
 
 def _states(hass: HomeAssistant) -> dict[str, str | None]:
-    return {cid: (s.state if (s := hass.states.get(eid)) else None) for cid, eid in ENTITIES.items()}
+    return {cid: (s.state if (s := hass.states.get(eid)) else None) for cid, eid in KITCHEN_ENTITIES.items()}
 
 
 def _registry_entries(hass: HomeAssistant) -> dict[str, er.RegistryEntry] | None:
@@ -63,7 +50,7 @@ def _registry_entries(hass: HomeAssistant) -> dict[str, er.RegistryEntry] | None
     registry = er.async_get(hass)
     entity_ids = {
         cid: registry.async_get_entity_id(eid.split(".")[0], "mqtt", f"rkllm_{NODE_ID}_{cid}")
-        for cid, eid in ENTITIES.items()
+        for cid, eid in KITCHEN_ENTITIES.items()
     }
     if None in entity_ids.values():
         return None
@@ -74,7 +61,7 @@ def _registry_entries(hass: HomeAssistant) -> dict[str, er.RegistryEntry] | None
 class StateLog:
     """Every state HA wrote for the daemon's entities, in order (transient ones included)."""
 
-    states: dict[str, list[State]] = field(default_factory=lambda: {cid: [] for cid in ENTITIES})
+    states: dict[str, list[State]] = field(default_factory=lambda: {cid: [] for cid in KITCHEN_ENTITIES})
 
     def values(self, cid: str) -> list[str]:
         return [s.state for s in self.states[cid]]
@@ -91,7 +78,7 @@ class StateLog:
 @pytest.fixture
 def state_log(hass: HomeAssistant) -> Iterator[StateLog]:
     log = StateLog()
-    by_entity = {eid: cid for cid, eid in ENTITIES.items()}
+    by_entity = {eid: cid for cid, eid in KITCHEN_ENTITIES.items()}
 
     @callback
     def record(event: Event[EventStateChangedData]) -> None:
@@ -133,7 +120,7 @@ async def _start_in_ha(
 
 async def _set_prompt(hass: HomeAssistant, text: str) -> None:
     await hass.services.async_call(
-        "text", "set_value", {"entity_id": ENTITIES["prompt"], "value": text}, blocking=True
+        "text", "set_value", {"entity_id": KITCHEN_ENTITIES["prompt"], "value": text}, blocking=True
     )
 
 
@@ -145,7 +132,7 @@ async def test_the_daemon_appears_as_one_device_with_every_entity(
 ) -> None:
     _, entries = await _start_in_ha(hass, start_daemon, mqtt_log_problems)
 
-    assert {cid: entry.entity_id for cid, entry in entries.items()} == ENTITIES
+    assert {cid: entry.entity_id for cid, entry in entries.items()} == KITCHEN_ENTITIES
     device_ids = {entry.device_id for entry in entries.values()}
     assert len(device_ids) == 1
     device = dr.async_get(hass).async_get(device_ids.pop())
@@ -257,7 +244,7 @@ async def test_the_abort_button_ends_a_run(
     assert _state(hass, "busy").state == "on"
     assert state_log.events() == []
 
-    await hass.services.async_call("button", "press", {"entity_id": ENTITIES["abort"]}, blocking=True)
+    await hass.services.async_call("button", "press", {"entity_id": KITCHEN_ENTITIES["abort"]}, blocking=True)
     await wait_until(
         hass,
         lambda: state_log.events() and _state(hass, "status").state == "idle",
@@ -311,7 +298,7 @@ async def test_stopping_makes_everything_unavailable_and_ha_online_brings_redisc
     await wait_until(
         hass,
         lambda: _registry_entries(hass) is None
-        and not any(hass.states.get(eid) for eid in ENTITIES.values()),
+        and not any(hass.states.get(eid) for eid in KITCHEN_ENTITIES.values()),
         "HA to remove the device's entities",
     )
     assert "re-sending discovery" not in daemon.log()
@@ -321,7 +308,7 @@ async def test_stopping_makes_everything_unavailable_and_ha_online_brings_redisc
     resent = await ha.next_message(DISCOVERY_TOPIC)
     assert json.loads(resent.payload)["dev"]["ids"] == [f"rkllm_{NODE_ID}"]
     entries = await wait_until(hass, lambda: _registry_entries(hass), "the device rediscovered")
-    assert {cid: entry.entity_id for cid, entry in entries.items()} == ENTITIES
+    assert {cid: entry.entity_id for cid, entry in entries.items()} == KITCHEN_ENTITIES
     await wait_until(
         hass,
         lambda: STATE_UNAVAILABLE not in (states := _states(hass)).values()

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from harness import Broker, OutsideClient, wait_for_mqtt_idle, wait_until
+from harness import KITCHEN_ENTITIES, Broker, OutsideClient, wait_for_mqtt_idle, wait_until
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import STATE_UNAVAILABLE, STATE_UNKNOWN
 from homeassistant.core import HomeAssistant
@@ -23,19 +23,6 @@ from rkllm_mqtt.discovery import build_discovery, discovery_topic
 
 MODEL = "qwen2.5-1.5b-w8a8"
 
-# Component id -> the entity id HA must create (device "RKLLM kitchen").
-KITCHEN_ENTITIES = {
-    "status": "sensor.rkllm_kitchen_status",
-    "busy": "binary_sensor.rkllm_kitchen_busy",
-    "tokens_per_second": "sensor.rkllm_kitchen_tokens_per_second",
-    "ttft": "sensor.rkllm_kitchen_time_to_first_token",
-    "queue": "sensor.rkllm_kitchen_queue",
-    "model": "sensor.rkllm_kitchen_model",
-    "last_response": "sensor.rkllm_kitchen_last_response",
-    "prompt": "text.rkllm_kitchen_prompt",
-    "abort": "button.rkllm_kitchen_abort",
-    "response": "event.rkllm_kitchen_response",
-}
 DIAGNOSTIC = {"tokens_per_second", "ttft", "queue", "model"}
 
 
