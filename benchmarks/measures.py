@@ -182,17 +182,17 @@ def throughput(b: Broker, sim: Simulator, tokens: int = 20000, *, qos: int = 1,
     """
     rid = f"throughput-{uuid.uuid4().hex[:6]}"
     with sim_env(), daemon(settings_for(b, sim, mqtt={"qos": qos}), engine) as (service, times):
-        sub = Subscriber(b, service.topics["response"])
+        sub = Subscriber(b, service.topics.response)
         count = None
         try:
-            _warm_up(sub, service.topics["prompt"])
+            _warm_up(sub, service.topics.prompt)
             sub.unsubscribe()
-            count = COUNTERS[counter](b, service.topics["response"], rid, qos, sub)
+            count = COUNTERS[counter](b, service.topics.response, rid, qos, sub)
             child = getattr(service.engine.inner, "pid", None)  # the child-process engine's runtime
             daemon_client = f"paho-mqtt-client-{service.mqtt.client._client_id.decode()}"
             cpu0, broker0 = _daemon_cpu_s(child), proc_cpu_s(broker_pid(b))
             threads0 = thread_cpu_s()
-            sub.request(service.topics["prompt"], rid, f"[sim:tokens={tokens}]")
+            sub.request(service.topics.prompt, rid, f"[sim:tokens={tokens}]")
             result = count.result(90)
             cpu1, broker1 = _daemon_cpu_s(child), proc_cpu_s(broker_pid(b))
             threads1 = thread_cpu_s()
@@ -264,10 +264,10 @@ def token_latency(b: Broker, sim: Simulator, tokens: int = 300, decode_tps: floa
             return send(buf)
 
         client._sock_send = stamped_send  # type: ignore[method-assign]
-        sub = Subscriber(b, service.topics["response"])
+        sub = Subscriber(b, service.topics.response)
         try:
-            _warm_up(sub, service.topics["prompt"])
-            sub.request(service.topics["prompt"], rid, f"[sim:tokens={tokens}]")
+            _warm_up(sub, service.topics.prompt)
+            sub.request(service.topics.prompt, rid, f"[sim:tokens={tokens}]")
             sub.wait_final(rid, tokens / decode_tps + 30)
             arrived, final, _ = sub.parsed(rid)
         finally:
@@ -389,12 +389,12 @@ def ttft(b: Broker, sim: Simulator, *, nodelay: bool = True, engine: str = "in-p
         if not nodelay:  # the client has no switch: undo its setsockopt, in the benchmark only
             set_nodelay(sock, False)
         measured_nodelay = nodelay_of(sock)
-        sub = Subscriber(b, service.topics["response"])
+        sub = Subscriber(b, service.topics.response)
         try:
-            _warm_up(sub, service.topics["prompt"])
+            _warm_up(sub, service.topics.prompt)
             for i in range(requests):
                 rid = f"ttft-{i}"
-                t0 = sub.request(service.topics["prompt"], rid, f"[sim:tokens={tokens}]")
+                t0 = sub.request(service.topics.prompt, rid, f"[sim:tokens={tokens}]")
                 sub.wait_final(rid, 30)
                 arrived, final, _ = sub.parsed(rid)
                 sub.forget()

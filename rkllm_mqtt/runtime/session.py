@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime.common import (
@@ -48,6 +48,7 @@ from rkllm_mqtt.runtime.nativelog import (
     explain_init_failure,
     logged_runtime_version,
 )
+from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.params import (
     build_infer_param,
     build_input,
@@ -64,9 +65,6 @@ from rkllm_mqtt.runtime.prompt import (
     render_messages,
 )
 from rkllm_mqtt.runtime.stream import TextStream
-
-if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
-    from rkllm_mqtt.config import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +151,7 @@ class Generation:
 class Session:
     """The RKLLM handle of one model: `open()`, `generate()` any number of times, `close()`."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeOptions) -> None:
         self.settings = settings
         self.abi: str = settings.abi
         self.runtime_version: str | None = None
