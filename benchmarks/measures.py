@@ -118,6 +118,8 @@ class _CCounter:
     so the rate is what the daemon and the broker sustain. Parsed after the run."""
 
     def __init__(self, b: Broker, topic: str, rid: str, qos: int, sub: Subscriber) -> None:
+        if MOSQUITTO_SUB is None:
+            raise RuntimeError("the C counter needs mosquitto_sub (make broker installs it)")
         self.rid = rid
         self.out = tempfile.NamedTemporaryFile(prefix="rkllm-bench-sub-", suffix=".txt")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -169,7 +171,8 @@ class _CCounter:
 
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
-COUNTERS = {"python": _PythonCounter, "c": _CCounter}
+COUNTERS: dict[str, type[_PythonCounter] | type[_CCounter]] = {"python": _PythonCounter,
+                                                               "c": _CCounter}
 
 
 def throughput(b: Broker, sim: Simulator, tokens: int = 20000, *, qos: int = 1,
@@ -188,7 +191,8 @@ def throughput(b: Broker, sim: Simulator, tokens: int = 20000, *, qos: int = 1,
             _warm_up(sub, service.topics.prompt)
             sub.unsubscribe()
             count = COUNTERS[counter](b, service.topics.response, rid, qos, sub)
-            child = getattr(service.engine.inner, "pid", None)  # the child-process engine's runtime
+            inner = getattr(service.engine, "inner", None)  # the TimedEngine's wrapped engine
+            child = getattr(inner, "pid", None)  # the child-process engine's runtime
             daemon_client = f"paho-mqtt-client-{service.mqtt.client._client_id.decode()}"
             cpu0, broker0 = _daemon_cpu_s(child), proc_cpu_s(broker_pid(b))
             threads0 = thread_cpu_s()
@@ -263,7 +267,7 @@ def token_latency(b: Broker, sim: Simulator, tokens: int = 300, decode_tps: floa
             writes.append((now(), bytes(buf)))
             return send(buf)
 
-        client._sock_send = stamped_send  # type: ignore[method-assign]
+        client._sock_send = stamped_send  # type: ignore[method-assign,assignment]
         sub = Subscriber(b, service.topics.response)
         try:
             _warm_up(sub, service.topics.prompt)

@@ -212,7 +212,7 @@ class ProcessEngine:
         retrying = Retrying(
             retry=retry_if_exception_type(RkllmMqttError),
             wait=wait_chain(*(wait_fixed(delay) for delay in RESTART_DELAYS_S)),
-            sleep=self._closing.wait,  # close() cuts a wait short
+            sleep=self._wait_to_restart,
             before_sleep=_log_failed_reload,
             reraise=True,
         )
@@ -223,6 +223,9 @@ class ProcessEngine:
                 self._spawn()
         if not self._closing.is_set():
             log.info("the runtime process was restarted")
+
+    def _wait_to_restart(self, seconds: float) -> None:
+        self._closing.wait(seconds)  # close() cuts the wait short
 
     def close(self) -> None:
         self._closing.set()

@@ -286,11 +286,11 @@ class Service:
             self._answer_error(job.request, ErrorCode.DEADLINE_EXCEEDED,
                                f"ttl_s ({job.request.ttl_s:g} s) passed while the request waited",
                                finish_reason="deadline")
-        job = self._running
-        if job is not None and job.abort_reason is None and job.run_deadline is not None \
-                and now >= job.run_deadline:
-            if job.deadline is not None and job.run_deadline == job.deadline:
-                message = f"ttl_s ({job.request.ttl_s:g} s) passed while the request ran"
+        running = self._running
+        if running is not None and running.abort_reason is None \
+                and running.run_deadline is not None and now >= running.run_deadline:
+            if running.deadline is not None and running.run_deadline == running.deadline:
+                message = f"ttl_s ({running.request.ttl_s:g} s) passed while the request ran"
             else:
                 message = (f"the run took longer than queue.request_timeout_s "
                            f"({self.settings.queue.request_timeout_s:g} s)")

@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 from typing import Any
 
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import RKLLM_INFER_GENERATE, RKLLM_INPUT_PROMPT
 from rkllm_mqtt.runtime.events import Sampling
 from rkllm_mqtt.runtime.options import RuntimeOptions
@@ -63,7 +64,7 @@ def _unsupported(abi: str, key: str) -> None:
     log.warning("runtime.%s is not part of the RKLLM %s ABI; ignored", key, abi)
 
 
-def build_param(module: ModuleType, functions: Any, settings: RuntimeOptions) -> Any:
+def build_param(module: ModuleType, functions: RkllmApi, settings: RuntimeOptions) -> Any:
     """rkllm_createDefaultParam() with every configured key applied; is_async is always false."""
     param = functions.rkllm_createDefaultParam()
     param.model_path = os.fsencode(settings.model or "")

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
     RKLLM_RUN_FINISH,
@@ -171,7 +172,6 @@ class Session:
         self._closed = False
         self._in_callback = threading.local()
         self._lib: LoadedLibrary | None = None
-        self._fn: Any = None
         self._param: Any = None
         self._handle: LLMHandle | None = None
         self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
@@ -180,6 +180,20 @@ class Session:
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
         self._callback_struct: Any = None
+
+    @property
+    def _api(self) -> RkllmApi:
+        """The bound functions; only reached once `open()` loaded the library."""
+        if self._lib is None:
+            raise RuntimeRunError("the RKLLM session is not open")
+        return self._lib.functions
+
+    @property
+    def _live(self) -> LLMHandle:
+        """The handle rkllm_init returned; calls that need one come only after it."""
+        if self._handle is None:
+            raise RuntimeRunError("the RKLLM handle is not initialised")
+        return self._handle
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,11 +211,11 @@ class Session:
         if not self.settings.model:
             raise RuntimeInitError("runtime.model is not set (the path of the .rkllm model file)")
         loaded = open_library(self.settings.library, self.settings.abi)
-        self._lib, self._fn = loaded, loaded.functions
+        self._lib = loaded
         self.abi, self.library_path = loaded.abi, loaded.path
         self.runtime_version = loaded.runtime_version
         self.supports_history = self.abi != "1.1"
-        self._param = build_param(loaded.module, self._fn, self.settings)
+        self._param = build_param(loaded.module, loaded.functions, self.settings)
         self._make_callback(loaded.module)
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
@@ -326,7 +340,7 @@ class Session:
             else self._callback
         )
         with capture_native_output() as output:
-            status = self._fn.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
+            status = self._api.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
         logged = logged_runtime_version("".join(output))
         if status != 0 or not handle.value:
             raise RuntimeInitError(
@@ -356,22 +370,22 @@ class Session:
 
     def _destroy(self) -> None:
         if self._handle is not None:
-            status = self._fn.rkllm_destroy(self._handle)
+            status = self._api.rkllm_destroy(self._handle)
             if status != 0:
                 log.warning("rkllm_destroy returned %d", status)
             self._handle = None
 
     def _clear(self, keep_system_prompt: bool) -> None:
-        if len(self._fn.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        if len(self._api.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt), None, None)
         else:
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt))
         if status != 0:
             raise RuntimeRunError(f"rkllm_clear_kv_cache failed ({status})")
 
     def _set_template(self, template: Template) -> int:
-        status = self._fn.rkllm_set_chat_template(
-            self._handle,
+        status = self._api.rkllm_set_chat_template(
+            self._live,
             c_string(template.system_prompt),
             c_string(template.prompt_prefix),
             c_string(template.prompt_postfix),
@@ -442,8 +456,8 @@ class Session:
         status = 0
         try:
             if not skip:
-                status = self._fn.rkllm_run(
-                    self._handle, ctypes.byref(rkllm_input), ctypes.byref(infer), None
+                status = self._api.rkllm_run(
+                    self._live, ctypes.byref(rkllm_input), ctypes.byref(infer), None
                 )
         finally:
             with self._run_lock:
@@ -542,7 +556,7 @@ class Session:
                 return  # not inside rkllm_run (yet/anymore): the worker checks stop_reason
             if run.callbacks == 0:
                 run.abort_before_callback = True
-            status = self._fn.rkllm_abort(self._handle)
+            status = self._api.rkllm_abort(self._handle)
         if status != 0:
             log.warning("rkllm_abort returned %d", status)
 
