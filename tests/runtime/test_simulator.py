@@ -37,7 +37,8 @@ VERSION = {"1.1": "1.1.4", "1.2.0": "1.2.0", "1.2": "1.2.3", "1.3": "1.3.0"}
 JOIN_TIMEOUT_S = 30.0
 
 # ---------------------------------------------------------------------------------------------
-# A minimal ctypes mirror of each family's rkllm.h (rkllm-api.md §1), local to these tests.
+# A minimal ctypes mirror of each release's rkllm.h (rknn-llm 1.1.4, 1.2.0, 1.2.3, 1.3.0), local to
+# these tests.
 # ---------------------------------------------------------------------------------------------
 
 
