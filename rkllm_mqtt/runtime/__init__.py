@@ -5,8 +5,8 @@ Importing this package never loads the library; `Session.open()` (or `detect_abi
 
 from __future__ import annotations
 
+from rkllm_mqtt.runtime.contract import ErrorCode, Message
 from rkllm_mqtt.runtime.events import (
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -16,17 +16,20 @@ from rkllm_mqtt.runtime.events import (
     TokenEvent,
 )
 from rkllm_mqtt.runtime.library import detect_abi, load_library
+from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.prompt import render_messages
 from rkllm_mqtt.runtime.session import Generation, Session
 
 __all__ = [
-    "ChatMessage",
+    "ErrorCode",
     "ErrorEvent",
     "Event",
     "FinalEvent",
     "Generation",
     "GenerationRequest",
+    "Message",
     "RunStats",
+    "RuntimeOptions",
     "Sampling",
     "Session",
     "TokenEvent",

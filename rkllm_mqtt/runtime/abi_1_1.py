@@ -1,4 +1,4 @@
-"""rkllm.h of releases 1.1.0 – 1.1.4 (family C), mirrored in header order.
+"""rkllm.h of rknn-llm releases 1.1.0 – 1.1.4, mirrored in header order.
 
 Declarations identical in every family come from `common`; their place in the header is noted.
 This is the base of the family chain: `abi_1_2_0` takes from here what 1.2.0 left unchanged.
@@ -21,8 +21,8 @@ from ctypes import (
     c_uint8,
     c_void_p,
 )
-from typing import Any
 
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
@@ -212,7 +212,7 @@ FUNCTIONS = (
 )
 
 
-def bind(lib: ctypes.CDLL, path: str) -> Any:
+def bind(lib: ctypes.CDLL, path: str) -> RkllmApi:
     """Every function of this header, with argtypes/restype set; attributes carry the C names."""
     return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
 

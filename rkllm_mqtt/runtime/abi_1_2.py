@@ -1,4 +1,4 @@
-"""rkllm.h of releases 1.2.1 – 1.2.3 (family E): what changed against 1.2.0, in header order.
+"""rkllm.h of rknn-llm releases 1.2.1 – 1.2.3: what changed against 1.2.0, in header order.
 
 1.2.2 changes only an include line; 1.2.3 renames RKLLMMultiModelInput to RKLLMMultiModalInput
 (same layout; both names are exported).
@@ -27,9 +27,9 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
-from typing import Any
 
 from rkllm_mqtt.runtime import abi_1_2_0
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
@@ -281,7 +281,7 @@ FUNCTIONS = revise(
 )
 
 
-def bind(lib: ctypes.CDLL, path: str) -> Any:
+def bind(lib: ctypes.CDLL, path: str) -> RkllmApi:
     """Every function of this header, with argtypes/restype set; attributes carry the C names."""
     return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
 

@@ -1,4 +1,4 @@
-"""rkllm.h of release 1.3.0 (family F): what changed against 1.2.1 – 1.2.3, in header order.
+"""rkllm.h of rknn-llm release 1.3.0: what changed against 1.2.1 – 1.2.3, in header order.
 
 The ABI break against 1.2.x: rkllm_init takes an RKLLMCallback*, RKLLMParam loses the img_* tags
 and gains ignore_eos_token, RKLLMInferParam gains per-run sampling and max_new_tokens, and the
@@ -26,9 +26,9 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Any
 
 from rkllm_mqtt.runtime import abi_1_2
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMHandle,
@@ -307,7 +307,7 @@ FUNCTIONS = revise(
 )
 
 
-def bind(lib: ctypes.CDLL, path: str) -> Any:
+def bind(lib: ctypes.CDLL, path: str) -> RkllmApi:
     """Every function of this header, with argtypes/restype set; attributes carry the C names."""
     return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
 
