@@ -191,7 +191,7 @@ def memory(board: Board, model_size: int | None) -> Finding:
         return warn("memory", f"{_mib(available)} available for a {_mib(model_size)} model: "
                     "little room for the runtime's buffers and KV cache",
                     "stop other services or lower runtime.max_context_len")
-    return ok("memory", f"{_mib(available)} available for a {_mib(model_size)} model")
+    return ok("memory", f"{_mib(available)} available for the model ({_mib(model_size)})")
 
 
 def broker(settings: MqttSettings) -> Finding:
@@ -203,7 +203,7 @@ def broker(settings: MqttSettings) -> Finding:
     client = MqttClient(settings, client_id=f"{settings.effective_client_id}-check")
     quiet = logging.getLogger("rkllm_mqtt.mqtt_client")
     level = quiet.level
-    quiet.setLevel(logging.WARNING)  # the finding says it; no "connecting" lines around it
+    quiet.setLevel(logging.CRITICAL)  # the finding says it all; no log lines around it
     try:
         client.connect(attempts=1)
     except RkllmMqttError as err:
