@@ -69,8 +69,8 @@ def probe(runtime: RuntimeSettings, *, timeout: float = TIMEOUT_S) -> InitReport
     result: dict[str, object] = {}
     kept = []
     for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT):
-            result = json.loads(line[len(_RESULT):])
+        if line.startswith(_RESULT):  # one line before rkllm_init, one after it
+            result |= json.loads(line[len(_RESULT):])
         else:
             kept.append(line)
     output = "\n".join(kept) + "\n" + proc.stderr
@@ -81,7 +81,7 @@ def probe(runtime: RuntimeSettings, *, timeout: float = TIMEOUT_S) -> InitReport
         reason = signal.strsignal(sig) or sig.name
         return InitReport(False, f"rkllm_init crashed with {sig.name} ({reason})", output, context)
     error = result.get("error")
-    if not result or (proc.returncode != 0 and error is None):
+    if "error" not in result or proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return InitReport(False, f"the init probe exited with {proc.returncode}: {last[0]}",
                           output, context)
@@ -94,20 +94,23 @@ def _child() -> int:
     from rkllm_mqtt.runtime.params import build_param
     from rkllm_mqtt.runtime.session import Session
 
+    def report(**values: object) -> None:
+        sys.stdout.flush()
+        print(_RESULT + json.dumps(values), flush=True)
+
     runtime = RuntimeSettings.model_validate_json(sys.stdin.read())
-    result: dict[str, object] = {"error": None, "max_context_len": None}
     session = Session(runtime)
     try:
         loaded = open_library(runtime.library, runtime.abi)
-        result["max_context_len"] = build_param(loaded.module, loaded.functions,
-                                                runtime).max_context_len
+        # Said before rkllm_init, so a crash inside it still leaves the context to compare.
+        report(max_context_len=build_param(loaded.module, loaded.functions, runtime).max_context_len)
         session.open()
     except RkllmMqttError as err:
-        result["error"] = str(err)
+        report(error=str(err))
+    else:
+        report(error=None)
     finally:
         session.close()
-    sys.stdout.flush()
-    print(_RESULT + json.dumps(result), flush=True)
     return 0
 
 

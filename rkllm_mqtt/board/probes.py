@@ -138,10 +138,11 @@ def context(configured: int | None, init: InitReport | None) -> Finding:
     limit = init.max_context_limit if init else None
     wanted = configured if configured is not None else (init.max_context_len if init else None)
     if wanted is None:
-        return warn("context", "runtime.max_context_len unknown (rkllm_init was not tried)")
+        return warn("context", "runtime.max_context_len unknown (the runtime did not load)")
     if limit is None:
         return warn("context", f"max_context_len {wanted}; the runtime did not report the model's "
-                    "max_context_limit", "read 'max_context_limit' in the runtime's log")
+                    "max_context_limit", "keep runtime.max_context_len at or below the max_context the model "
+                    "was converted with")
     if wanted > limit:
         return fail("context", f"runtime.max_context_len = {wanted} is above the model's "
                     f"max_context_limit of {limit} tokens",

@@ -16,6 +16,7 @@ import pytest
 from rkllm_mqtt.broker import Broker, find_mosquitto, free_port, start_broker
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME
 from rkllm_mqtt.simulator import build_simulator, sim_model_file
+from rkllm_mqtt.simulator.build import SOURCE, find_compiler
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -144,3 +145,32 @@ def test_a_missing_model_fails_without_trying_init(
     assert proc.returncode == EXIT_RUNTIME
     assert f"FAIL model: model file not found: {tmp_path / 'absent.rkllm'}" in proc.stdout
     assert "rkllm_init" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def trapping_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 1.2 simulator whose rkllm_init executes an illegal instruction, as the SVE build of
+    1.3.0 does on RK3588 (rknn-llm #518)."""
+    work = tmp_path_factory.mktemp("trap")
+    (work / "trap.c").write_text(
+        f'#define rkllm_init rkllm_init_untrapped\n#include "{SOURCE}"\n#undef rkllm_init\n'
+        "int rkllm_init(void *handle, void *param, void *callback) {\n"
+        "    (void)handle; (void)param; (void)callback;\n    __builtin_trap();\n}\n",
+        encoding="utf-8")
+    library = work / "librkllmrt.so"
+    subprocess.run([*find_compiler(), "-std=gnu11", "-DRKLLM_SIM_ABI=12", "-fPIC", "-shared", "-O2",
+                    "-pthread", "-o", str(library), str(work / "trap.c")], check=True, timeout=120)
+    return library
+
+
+def test_a_runtime_that_crashes_in_init_is_a_finding_not_a_crash(
+    tmp_path: Path, fake_board: Callable[[], Any], mqtt_broker: Broker, sim: dict[str, Path],
+    trapping_library: Path,
+) -> None:
+    root = fake_board().rk3588().root
+    proc = check(tmp_path, mqtt_broker.port, trapping_library, sim["model"], "--root", str(root))
+    assert proc.returncode == EXIT_RUNTIME, proc.stdout + proc.stderr
+    assert "FAIL rkllm_init: rkllm_init crashed with SIGILL (Illegal instruction)" in proc.stdout
+    # the configured context is still known (reported before rkllm_init), the limit is not
+    assert "WARN context: max_context_len 4096; the runtime did not report" in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("OK   broker: connected")
