@@ -35,14 +35,15 @@ def _model_file(path: str | None, user: User) -> ModelFile | None:
         return None
 
 
-def findings(settings: Settings, *, config_path: Path | None, board: Board, user: User,
-             broker: bool = True) -> list[Finding]:
+def findings(settings: Settings, *, config_path: Path | None, board: Board,
+             user: User) -> list[Finding]:
     runtime = settings.runtime
     loaded, load_error = _load(runtime.library, runtime.abi)
     model = _model_file(runtime.model, user)
     found = [probes.config_file(config_path)]
     library = probes.library(runtime.library, user, loaded, load_error)
     model_finding = probes.model(runtime.model, user, model, None)
+    # rkllm_init only when it can get as far as the runtime: the other findings say why not.
     init: InitReport | None = None
     if Status.FAIL not in (library.status, model_finding.status):
         init = probe(runtime)
@@ -57,11 +58,8 @@ def findings(settings: Settings, *, config_path: Path | None, board: Board, user
     ]
     if init is not None:
         found += [probes.context(runtime.max_context_len, init), probes.rkllm_init(init)]
-    found += [probes.cpu_governor(board), probes.npu_governor(board),
-              probes.memory(board, model.size if model else None)]
-    if broker:
-        found.append(probes.broker(settings.mqtt))
-    return found
+    return [*found, probes.cpu_governor(board), probes.npu_governor(board),
+            probes.memory(board, model.size if model else None), probes.broker(settings.mqtt)]
 
 
 def run_check(settings: Settings, *, config_path: Path | None, root: Path = Path("/"),
