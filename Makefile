@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv broker demo run test test-main test-ha lint bench clean
+.PHONY: help venv broker demo run test test-main test-ha lint bench dist install uninstall clean
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
 	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
 	@echo "make bench  - the performance budgets in benchmarks/"
+	@echo "make dist   - the wheel and sdist in dist/ (checked with twine)"
+	@echo "sudo make install / uninstall - the service on this board (scripts/install.sh; SYSTEMD=no, DESTDIR=...)"
 
 venv: $(BIN)/.installed
 
@@ -52,5 +54,18 @@ lint: venv
 bench: venv broker
 	$(BIN)/python -m benchmarks
 
+# Offline (--no-isolation: setuptools comes with the test extra), so dist/ is what `make test` checks.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# One documented installer; the variables it reads (DESTDIR, PREFIX, SYSTEMD, WHEEL, ...) pass through.
+install:
+	sh scripts/install.sh install
+
+uninstall:
+	sh scripts/install.sh uninstall
+
 clean:
-	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info build dist

@@ -18,30 +18,32 @@ from rkllm_mqtt import __version__
 from rkllm_mqtt.config import DEFAULT_CONFIG_PATH, Settings, load_config
 from rkllm_mqtt.errors import ConfigError, RkllmMqttError
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_RUNTIME, EXIT_USAGE
+from rkllm_mqtt.startup import config_line, config_path, preflight
 
 log = logging.getLogger("rkllm_mqtt")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Load `--config`; without it, the default path when it exists, else defaults + environment."""
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG_PATH.is_file():
-        path = DEFAULT_CONFIG_PATH
+    path = config_path(args.config)
+    log.info("%s", config_line(path))
     return load_config(path)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    preflight(settings.runtime)  # runtime and model before the broker
     from rkllm_mqtt.commands.run import run_service
 
     return run_service(settings)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    from rkllm_mqtt.commands.runtime import check
+    from rkllm_mqtt.board import run_check
 
-    return check(settings)
+    path = config_path(args.config)
+    return run_check(load_config(path), config_path=path, root=args.root, user=args.user,
+                     json=args.json)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -97,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("run", "run the daemon: serve prompts over MQTT", _cmd_run)
-    command("check", "load the configuration and runtime library, report the ABI family", _cmd_check)
+    p = command("check", "diagnose the board, runtime, model and broker: one OK/WARN/FAIL line each",
+                _cmd_check)
+    p.add_argument("--json", action="store_true", help="the findings as JSON on stdout")
+    p.add_argument("--user", default=None,
+                   help="the service user whose access is checked (default: rkllm if it exists, "
+                        "else the current user)")
+    p.add_argument("--root", type=Path, default=Path("/"),
+                   help="read /proc, /sys and /dev below this directory (default: /)")
     p = command("generate", "one local generation without MQTT, streamed to stdout", _cmd_generate)
     p.add_argument("text", help="the prompt")
     p = command("ask", "send a prompt to a running daemon and stream its reply", _cmd_ask)

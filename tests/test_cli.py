@@ -43,8 +43,9 @@ def test_invalid_value_names_the_key(tmp_path: Path) -> None:
 
 
 def test_missing_library_is_a_runtime_error(tmp_path: Path) -> None:
+    (tmp_path / "m").write_bytes(b"model")
     cfg = config(tmp_path, f'library = "{tmp_path}/nope.so"\nabi = "1.2"\nmodel = "{tmp_path}/m"')
-    proc = run_cli("check", "--config", str(cfg))
+    proc = run_cli("run", "--config", str(cfg))
     assert_one_line_error(proc, EXIT_RUNTIME, "nope.so")
 
 

@@ -1,12 +1,11 @@
-"""Bodies of `rkllm-mqtt check` and `rkllm-mqtt generate`: the runtime alone, no MQTT.
+"""The body of `rkllm-mqtt generate`: the runtime alone, no MQTT (`check` is rkllm_mqtt.board).
 
-Both end a failure with one line naming what to change, and return an exit code:
+It ends a failure with one line naming what to change, and returns an exit code:
 0 ok, 1 the generation failed, 3 the library or model could not be loaded (as in cli.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TextIO
 
@@ -15,49 +14,12 @@ from rkllm_mqtt.engine import runtime_options
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME
 from rkllm_mqtt.runtime.events import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
-from rkllm_mqtt.runtime.library import FAMILIES, open_library
 from rkllm_mqtt.runtime.session import Session
 
 
 def _fail(err: RkllmMqttError | str, stream: TextIO) -> int:
     print(f"rkllm-mqtt: {err}", file=stream)
     return EXIT_RUNTIME
-
-
-def check(
-    settings: Settings, *, init_model: bool = True, out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
-) -> int:
-    """Load the library, report ABI/version/symbols/model, then (by default) rkllm_init once."""
-    runtime = settings.runtime
-    try:
-        loaded = open_library(runtime.library, runtime.abi)
-    except RkllmMqttError as error:
-        return _fail(error, err)
-    how = "auto-detected" if runtime.abi == "auto" else "from runtime.abi"
-    names = [fn.name for fn in FAMILIES[loaded.abi].FUNCTIONS]
-    bound = [name for name in names if getattr(loaded.functions, name) is not None]
-    print(f"library:         {loaded.path}", file=out)
-    print(f"ABI family:      {loaded.abi} ({how})", file=out)
-    print(f"runtime version: {loaded.runtime_version or 'not found in the library file'}",
-          file=out)
-    print(f"symbols:         {len(bound)} of {len(names)} exported: {', '.join(bound)}", file=out)
-    model = runtime.model
-    if not model:
-        return _fail("runtime.model is not set (the path of the .rkllm model file)", err)
-    size = f"{os.path.getsize(model) / 2**20:.1f} MiB" if os.path.isfile(model) else "missing"
-    print(f"model:           {model} ({size})", file=out)
-    if not init_model:
-        return EXIT_OK
-    session = Session(runtime_options(runtime))
-    try:
-        session.open()
-    except RkllmMqttError as error:
-        return _fail(error, err)
-    finally:
-        session.close()
-    print("rkllm_init:      ok", file=out)
-    return EXIT_OK
 
 
 def generate(

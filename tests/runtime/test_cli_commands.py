@@ -1,4 +1,4 @@
-"""`rkllm-mqtt check` and `rkllm-mqtt generate` against the simulator."""
+"""`rkllm-mqtt generate` against the simulator (`check` is in tests/board)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rkllm_mqtt.commands.runtime import check, generate
+from rkllm_mqtt.commands.runtime import generate
 from rkllm_mqtt.config import RuntimeSettings, Settings
 from rkllm_mqtt.simulator import expected_answer
 
@@ -49,25 +49,6 @@ def test_generate_with_a_missing_model_fails_cleanly(
     assert out.getvalue() == ""
     assert err.getvalue() == (f"rkllm-mqtt: rkllm_init failed: model file not found: {missing} "
                               "(check runtime.model)\n")
-
-
-def test_check_reports_library_abi_version_and_model(
-    sim_libraries: dict[str, Path], sim_model: Path, family: str
-) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    assert check(settings(sim_libraries[family], sim_model), out=out, err=err) == 0
-    report = out.getvalue()
-    assert f"ABI family:      {family} (auto-detected)" in report
-    assert str(sim_libraries[family].resolve()) in report
-    assert "rkllm_createDefaultParam" in report and str(sim_model) in report
-    assert "rkllm_init:      ok" in report
-    assert err.getvalue() == ""
-
-
-def test_check_fails_with_one_line_when_the_library_is_missing(tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    assert check(settings(tmp_path / "nolib.so", tmp_path / "m.rkllm"), out=out, err=err) == 3
-    assert err.getvalue().count("\n") == 1 and "runtime.library" in err.getvalue()
 
 
 def test_console_script_generate(
