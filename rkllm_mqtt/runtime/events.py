@@ -7,12 +7,25 @@ them after the native buffers are gone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model made (or, in a chat's assistant turn, made earlier)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str  # "system" | "user" | "assistant" | "tool" | ...
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool results: the call they answer
+    name: str | None = None  # tool results: the function that produced them
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     role: str = "user"
     enable_thinking: bool = False
+    # The functions the model may call: the OpenAI-form list as one JSON string, exactly what
+    # rkllm_set_function_tools receives on 1.2.1+ (and what is rendered into the system text before).
+    tools_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,10 @@ NO_STATS = RunStats(
 @dataclass(frozen=True)
 class FinalEvent:
     text: str
-    finish_reason: str  # stop | length | stop_sequence | abort | deadline (or another abort reason)
+    # stop | length | stop_sequence | tool_calls | abort | deadline (or another abort reason)
+    finish_reason: str
     stats: RunStats
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
