@@ -7,25 +7,8 @@ them after the native buffers are gone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model made (or, in a chat's assistant turn, made earlier)."""
-
-    id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant" | "tool" | ...
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns that called tools
-    tool_call_id: str | None = None  # tool results: the call they answer
-    name: str | None = None  # tool results: the function that produced them
+from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, Message, ToolCall
 
 
 @dataclass(frozen=True)
@@ -50,7 +33,7 @@ class Sampling:
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | None = None
-    messages: tuple[ChatMessage, ...] = ()
+    messages: tuple[Message, ...] = ()
     system: str | None = None
     keep_history: bool = False
     # The KV cache already holds this conversation (system prompt included): send only the new
@@ -98,15 +81,14 @@ NO_STATS = RunStats(
 @dataclass(frozen=True)
 class FinalEvent:
     text: str
-    # stop | length | stop_sequence | tool_calls | abort | deadline (or another abort reason)
-    finish_reason: str
+    finish_reason: FinishReason  # never "error": a failed run is an ErrorEvent
     stats: RunStats
-    tool_calls: tuple[ToolCall, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls"
 
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    code: str  # runtime_error | context_too_long
+    code: ErrorCode  # RUNTIME_ERROR or CONTEXT_TOO_LONG from a Session; RUNTIME_CRASHED from an engine
     message: str
     text: str = ""  # what was streamed before the error
 

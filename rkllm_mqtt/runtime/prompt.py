@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from rkllm_mqtt.runtime.events import ChatMessage
+from rkllm_mqtt.runtime.contract import Message
 from rkllm_mqtt.runtime.tools import (
     hermes_system,
     merge_tool_results,
@@ -33,7 +33,7 @@ _ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
 def render_messages(
-    messages: Iterable[ChatMessage], system: str | None
+    messages: Iterable[Message], system: str | None
 ) -> tuple[str | None, str]:
     """(system text or None, prompt) for a chat; raises ValueError when there is nothing to ask."""
     messages = list(messages)
@@ -49,13 +49,13 @@ def render_messages(
     return _system_text(messages, system), prompt
 
 
-def _system_text(messages: Iterable[ChatMessage], system: str | None) -> str | None:
+def _system_text(messages: Iterable[Message], system: str | None) -> str | None:
     parts = [system] if system else []
     parts += [m.content for m in messages if m.role == "system" and m.content]
     return "\n\n".join(parts) or None
 
 
-def _turn_text(message: ChatMessage) -> str:
+def _turn_text(message: Message) -> str:
     """A transcript line's text: tool calls and results in the markup the model knows."""
     if message.role == "tool":
         return render_tool_results([message])
@@ -125,7 +125,7 @@ def plan_prompt(
 
 def plan_request(
     config: TemplateConfig,
-    messages: Sequence[ChatMessage],
+    messages: Sequence[Message],
     system: str | None,
     *,
     native_template: bool,

@@ -22,9 +22,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
@@ -33,9 +32,9 @@ from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_WAITING,
     LLMHandle,
 )
+from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode, FinishReason, Message
 from rkllm_mqtt.runtime.events import (
     NO_STATS,
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -66,6 +65,9 @@ from rkllm_mqtt.runtime.prompt import (
 from rkllm_mqtt.runtime.stream import TextStream
 from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
 
+if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
+    from rkllm_mqtt.config import RuntimeSettings
+
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Event], None]
@@ -94,7 +96,7 @@ class _Run:
         self.last_token: float | None = None
         self.perf: tuple[float, int, float, int, float] | None = None
         self.error_seen = False
-        self.stop_reason: str | None = None
+        self.stop_reason: FinishReason | None = None
         self.abort_before_callback = False
         self.lock = threading.Lock()
 
@@ -136,7 +138,7 @@ class Generation:
             if not isinstance(event, TokenEvent):
                 return
 
-    def abort(self, reason: str = "abort") -> None:
+    def abort(self, reason: AbortReason = "abort") -> None:
         """Queued: it never runs. Running: rkllm_abort; the FinalEvent carries `reason`."""
         self._session._abort(self, reason)
 
@@ -269,7 +271,7 @@ class Session:
         """Queue a generation and return at once; runs execute one at a time, in order."""
         messages = request.messages
         if request.prompt is not None:
-            messages = (*messages, ChatMessage("user", request.prompt))
+            messages = (*messages, Message("user", request.prompt))
         plan = plan_request(
             self._templates, messages, request.system,
             native_template=self.abi != "1.1",
@@ -434,7 +436,7 @@ class Session:
             )
         except Exception as err:  # turn a bug into an error reply, keep serving
             log.exception("RKLLM generation failed")
-            outcome = ErrorEvent("runtime_error", f"internal error: {err}",
+            outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, f"internal error: {err}",
                                  generation._run.text)
         with self._lock:
             generation._state = _DONE
@@ -450,11 +452,11 @@ class Session:
         if wanted != self._template_now and wanted is not None:
             status = self._set_template(wanted)
             if status != 0:
-                return ErrorEvent("runtime_error", f"rkllm_set_chat_template failed ({status})")
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_chat_template failed ({status})")
         if self.native_tools:
             status = self._set_function_tools(plan.function_tools)
             if status != 0:
-                return ErrorEvent("runtime_error", f"rkllm_set_function_tools failed ({status})")
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_function_tools failed ({status})")
 
         prompt = c_string(plan.text)
         role = c_string(plan.role if plan.role != "user" else request.role)
@@ -521,13 +523,13 @@ class Session:
         estimate = math.ceil(len(c_string(prompt)) / 4)  # bytes/4: rough, like the simulator
         if estimate > limit:
             return ErrorEvent(
-                "context_too_long",
+                ErrorCode.CONTEXT_TOO_LONG,
                 f"the prompt is about {estimate} tokens, more than runtime.max_context_len "
                 f"({limit})",
                 text,
             )
         detail = f"rkllm_run returned {status}" if status != 0 else "error callback"
-        return ErrorEvent("runtime_error", f"the runtime failed during generation ({detail})", text)
+        return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"the runtime failed during generation ({detail})", text)
 
     @staticmethod
     def _stats(run: _Run, ended: float) -> RunStats:
@@ -546,7 +548,7 @@ class Session:
 
     # -- aborting (any thread) -------------------------------------------------------------------
 
-    def _abort(self, generation: Generation, reason: str) -> None:
+    def _abort(self, generation: Generation, reason: AbortReason) -> None:
         with self._lock:
             state = generation._state
             if state == _QUEUED:
@@ -556,7 +558,7 @@ class Session:
         elif state == _RUNNING:
             self._stop(generation._run, reason)
 
-    def _stop(self, run: _Run, reason: str) -> None:
+    def _stop(self, run: _Run, reason: FinishReason) -> None:
         """Mark why the run ends (first reason wins) and interrupt the library."""
         with run.lock:
             if run.stop_reason is not None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rkllm_mqtt.runtime.events import ChatMessage, ToolCall
+from rkllm_mqtt.runtime.contract import Message, ToolCall
 
 # tool_response_str of rkllm_set_function_tools, as in the 1.3.0 demo.
 TOOL_RESPONSE_TAG = "tool_response"
@@ -227,7 +227,7 @@ def hermes_system(system: str | None, tools_json: str) -> str:
     return f"{system}\n\n{block}" if system else block
 
 
-def render_tool_results(messages: Iterable[ChatMessage]) -> str:
+def render_tool_results(messages: Iterable[Message]) -> str:
     """Tool results as the user turn Qwen2.5's template makes of consecutive tool messages."""
     return "\n".join(f"<{TOOL_RESPONSE_TAG}>\n{m.content}\n</{TOOL_RESPONSE_TAG}>"
                      for m in messages)
@@ -243,7 +243,7 @@ def render_tool_calls(calls: Sequence[ToolCall]) -> str:
     )
 
 
-def merge_tool_results(messages: Iterable[ChatMessage]) -> str:
+def merge_tool_results(messages: Iterable[Message]) -> str:
     """The prompt of a role "tool" input (1.2.1+): the round's results in one JSON array."""
     results: list[Any] = []
     for m in messages:
