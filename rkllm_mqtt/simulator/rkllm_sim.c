@@ -58,6 +58,8 @@
  *   [sim:hang]          1 token, then 10 ms sleeps until rkllm_abort
  *   [sim:delay_ms=N]    sleep N ms before each token
  *   [sim:tool_xml]      a tool call (see "Function calling" below) in the XML-like form
+ *   [sim:echo]          the echo answer even when the prompt asks for a tool (so a test can
+ *                       make the "model" write any markup: it is in the echoed prompt)
  *
  * Function calling: with tools set (rkllm_set_function_tools on 1.2.1+; a "<tools>" block in the
  * text before 1.2.1) and a prompt that asks for one of them, the answer is a Qwen-style
@@ -1063,7 +1065,7 @@ static bool sim_tool_switches(const SimTool *t, bool on) {
 
 /* A tool call for the prompt, if it asks for one; records the function in run.tool_call. */
 static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
-    if (sim_is_tool_role(h)) return false;
+    if (sim_is_tool_role(h) || sim_directive(prompt, "echo")) return false;
     char *tools = sim_tools_text(h, prompt);
     if (!tools) return false;
     const char *ask = prompt, *cut;
