@@ -957,8 +957,8 @@ static bool ends_mid_char(const char *text, size_t len, size_t end) {
  *     <tool_call>\n{"name": "NAME", "arguments": {"name": "THING"}}\n</tool_call>
  * or, with [sim:tool_xml] in the prompt, the XML-like form of Rockchip's 1.3.0 demo:
  *     <tool_call>\n<function=NAME>\n<parameter=name>\nTHING\n</parameter>\n</function>\n</tool_call>
- * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! or a newline); without
- * it the arguments are empty. run.tool_call in rkllm_sim_inspect() names the function called.
+ * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! [ < " or a
+ * newline); without it the arguments are empty. run.tool_call in rkllm_sim_inspect() names the function called.
  */
 
 #define SIM_MAX_TOOLS 64
@@ -1093,7 +1093,7 @@ static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
 
     char *value = NULL;
     if (thing && pick->takes_name) {
-        size_t len = strcspn(thing, ".,?!\n[");
+        size_t len = strcspn(thing, ".,?!\n[<\"");
         while (len && thing[len - 1] == ' ') len--;
         value = strndup(thing, len);
     }
