@@ -958,7 +958,8 @@ static bool ends_mid_char(const char *text, size_t len, size_t end) {
  * or, with [sim:tool_xml] in the prompt, the XML-like form of Rockchip's 1.3.0 demo:
  *     <tool_call>\n<function=NAME>\n<parameter=name>\nTHING\n</parameter>\n</function>\n</tool_call>
  * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! [ < " or a
- * newline); without it the arguments are empty. run.tool_call in rkllm_sim_inspect() names the function called.
+ * newline); without it the arguments are empty. run.tool_call in rkllm_sim_inspect() names
+ * the function called.
  */
 
 #define SIM_MAX_TOOLS 64
