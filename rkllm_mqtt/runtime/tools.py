@@ -11,9 +11,10 @@ live in a lean child process, on the callback path of every token.
   XML-like `<function=NAME><parameter=KEY>VALUE</parameter></function>` (inside `<tool_call>` or
   bare).
 - Malformed markup (bad JSON, a function that was not offered, arguments that are not an object,
-  a block still open when the run ends) is handled one way every time: it is not a call, so it is
-  text, released to the stream and the final text exactly as the model wrote it (what vLLM's and
-  llama.cpp's Hermes parsers do as well). Each block is judged on its own.
+  a block still open when the run ends or longer than MAX_BLOCK_CHARS) is handled one way every
+  time: it is not a call, so it is text, released to the stream and the final text exactly as
+  the model wrote it (what vLLM's and llama.cpp's Hermes parsers do as well). Each block is
+  judged on its own.
 - `hermes_system`, `render_tool_results`, `render_tool_calls`: the Qwen2.5 chat template's tool
   parts (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), for runtimes without
   rkllm_set_function_tools (1.1.x, 1.2.0), where the daemon writes the prompt text itself.
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 # tool_response_str of rkllm_set_function_tools, as in the 1.3.0 demo.
 TOOL_RESPONSE_TAG = "tool_response"
 
+# A block longer than this is not a call: it is released as text instead of holding the stream.
+MAX_BLOCK_CHARS = 8192
 _CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 _OPENERS = tuple(_CLOSERS)
 _FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
@@ -131,6 +134,12 @@ class ToolCallFilter:
             return True
         closer = _CLOSERS[self._block]
         end = self._buffer.find(closer, len(self._block))
+        if end < 0 and len(self._buffer) > MAX_BLOCK_CHARS:
+            log.warning("a tool call longer than %d characters; kept as text", MAX_BLOCK_CHARS)
+            out.append(self._space_before + self._buffer)
+            self._buffer, self._block, self._space_before = "", None, ""
+            self._after_call = False
+            return False
         if end < 0:
             return False
         end += len(closer)

@@ -13,6 +13,7 @@ from rkllm_mqtt.runtime import GenerationRequest, Message, Session
 from rkllm_mqtt.runtime.contract import ToolCall
 from rkllm_mqtt.runtime.prompt import TemplateConfig, plan_request
 from rkllm_mqtt.runtime.tools import (
+    MAX_BLOCK_CHARS,
     ToolCallFilter,
     ToolSet,
     hermes_system,
@@ -72,6 +73,15 @@ def test_malformed_blocks_are_text_exactly_as_written(block: str) -> None:
     if not block.endswith("</tool_call>") and not block.endswith("</function>"):
         output = f"before {block}"  # an unclosed block runs to the end
     assert run_filter([output])[1:] == (output, [])
+
+
+def test_a_block_that_never_closes_is_released_once_too_long() -> None:
+    """The stream is not held for ever: past MAX_BLOCK_CHARS the block is text, and streams."""
+    f = ToolCallFilter(TOOLS)
+    assert f.feed("<tool_call>{") == ""
+    released = f.feed("x" * MAX_BLOCK_CHARS)
+    assert released == "<tool_call>{" + "x" * MAX_BLOCK_CHARS
+    assert f.feed(" more") == " more" and f.finish() == "" and f.calls == []
 
 
 def test_plain_text_with_angle_brackets_and_trailing_blanks_is_kept() -> None:
