@@ -116,7 +116,7 @@ def _call(where: str, call: Any) -> ToolCall:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             arguments = None
     if not isinstance(name, str) or not name or not isinstance(arguments, dict) \
             or not isinstance(call_id, str):

@@ -61,12 +61,19 @@ class ToolSet:
             name = function.get("name")
             if not isinstance(name, str):
                 continue
-            properties = (function.get("parameters") or {}).get("properties") or {}
+            parameters = function.get("parameters")
+            properties = parameters.get("properties") if isinstance(parameters, dict) else None
             functions[name] = {
-                key: schema.get("type", "string") if isinstance(schema, dict) else "string"
-                for key, schema in properties.items()
+                str(key): _schema_type(schema)
+                for key, schema in (properties.items() if isinstance(properties, dict) else ())
             }
         return cls(functions)
+
+
+def _schema_type(schema: Any) -> str:
+    """A parameter's JSON-schema type; anything unusual reads as a string (kept as written)."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind if isinstance(kind, str) else "string"
 
 
 def new_call_id() -> str:
@@ -165,7 +172,7 @@ class ToolCallFilter:
             return self._parse_functions(inner)
         try:
             obj = json.loads(inner)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             return None
         if not isinstance(obj, dict):
             return None
@@ -173,7 +180,7 @@ class ToolCallFilter:
         if isinstance(arguments, str):  # some models write the arguments as a JSON string
             try:
                 arguments = json.loads(arguments)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting too deep
                 return None
         call = self._call(obj.get("name"), arguments)
         return None if call is None else [call]
@@ -221,7 +228,7 @@ def _typed(value: str, schema_type: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep
         return value
 
 
@@ -264,6 +271,6 @@ def merge_tool_results(messages: Iterable[Message]) -> str:
     for m in messages:
         try:
             results.append(json.loads(m.content))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             results.append(m.content)
     return json.dumps(results, ensure_ascii=False)
