@@ -43,6 +43,7 @@ TOOL_RESPONSE_TAG = "tool_response"
 MAX_BLOCK_CHARS = 8192
 _CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 _OPENERS = tuple(_CLOSERS)
+_LONGEST_OPENER = max(len(o) for o in _OPENERS)
 _FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)</parameter>", re.DOTALL)
 
@@ -121,7 +122,8 @@ class ToolCallFilter:
         if self._after_call and not self._parts and not out:
             self._buffer = self._buffer.lstrip()  # an answer that starts with a call
         if self._block is None:
-            found = [(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
+            found = ([(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
+                     if "<" in self._buffer else [])
             if not found:
                 keep = _held_suffix(self._buffer)
                 ready = self._buffer[: len(self._buffer) - keep]
@@ -215,11 +217,15 @@ class ToolCallFilter:
 
 
 def _held_suffix(buffer: str) -> int:
-    """Length of the longest end of `buffer` that is the start of an opening tag."""
-    for size in range(min(max(len(o) for o in _OPENERS) - 1, len(buffer)), 0, -1):
-        if any(o.startswith(buffer[-size:]) for o in _OPENERS):
-            return size
-    return 0
+    """Length of the longest end of `buffer` that is the start of an opening tag.
+
+    Every opener has its only "<" first, so such an end starts at the last "<" (one search per
+    token instead of one comparison per length: this runs on every token)."""
+    at = buffer.rfind("<", max(0, len(buffer) - _LONGEST_OPENER + 1))
+    if at < 0:
+        return 0
+    tail = buffer[at:]
+    return len(tail) if any(o.startswith(tail) for o in _OPENERS) else 0
 
 
 def _typed(value: str, schema_type: str) -> Any:
