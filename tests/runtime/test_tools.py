@@ -173,6 +173,14 @@ def test_plan_per_family() -> None:
         'Tool: <tool_response>\n{"ok": true}\n</tool_response>')
 
 
+def test_a_replayed_chat_has_its_system_text_once() -> None:
+    """Each turn of a chat client brings the system message; the replay states it once."""
+    chat = (Message("system", "S"), *CHAT[:2], Message("system", "S"), CHAT[2])
+    plan = plan_request(TemplateConfig(), chat, None, native_template=True, native_tools=True,
+                        tools_json=TOOLS_JSON)
+    assert plan.function_tools == ("S", TOOLS_JSON)
+
+
 @pytest.mark.parametrize("abi", ["1.2", "1.3"])
 def test_set_function_tools_only_when_system_or_tools_change(
         abi: str, open_session: Callable[..., Session],
