@@ -128,6 +128,6 @@ def _call(where: str, call: Any) -> ToolCall:
 
 
 def message_chars(message: Message) -> int:
-    """What a turn adds to the prompt size (limits.max_prompt_chars)."""
+    """What a stored turn weighs against conversation.max_chars: its text and its calls."""
     return len(message.content) + sum(
         len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False)) for c in message.tool_calls)
