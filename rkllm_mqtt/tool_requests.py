@@ -125,9 +125,3 @@ def _call(where: str, call: Any) -> ToolCall:
     if _depth(arguments) > MAX_TOOL_DEPTH:
         raise ValueError(f"{where}.arguments: nested deeper than {MAX_TOOL_DEPTH} levels")
     return ToolCall(call_id, name, arguments)
-
-
-def message_chars(message: Message) -> int:
-    """What a stored turn weighs against conversation.max_chars: its text and its calls."""
-    return len(message.content) + sum(
-        len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False)) for c in message.tool_calls)
