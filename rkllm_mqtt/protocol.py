@@ -54,6 +54,7 @@ from rkllm_mqtt.runtime.contract import (
     INT32_MAX,
     ErrorCode,
     FinishReason,
+    InvalidToolCall,
     Message,
     Timing,
     ToolCall,
@@ -271,14 +272,23 @@ def token_reply(target: ReplyTarget, seq: int, text: str) -> Outgoing:
 def final_ok(
     target: ReplyTarget, text: str, finish_reason: FinishReason, usage: Usage, timing: Timing,
     tool_calls: tuple[ToolCall, ...] = (),
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = (),
 ) -> Outgoing:
-    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls")."""
+    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls"), and
+    markup that was not a call follows as `invalid_tool_calls`."""
     fields: dict[str, Any] = {"type": "final", "status": "ok", "text": text,
                               "finish_reason": finish_reason}
     if tool_calls:
-        fields["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                for c in tool_calls]
+        fields["tool_calls"] = tool_calls_json(tool_calls)
+    if invalid_tool_calls:
+        fields["invalid_tool_calls"] = [{"raw": c.raw, "error": c.error}
+                                        for c in invalid_tool_calls]
     return reply(target, **fields, usage=usage, timing=timing)
+
+
+def tool_calls_json(tool_calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """`tool_calls` as the contract writes them (final replies, Home Assistant's outputs)."""
+    return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in tool_calls]
 
 
 def final_error(
