@@ -311,6 +311,13 @@ def test_tool_calls_cross_the_process_boundary(broker, on_family, probe_factory)
                                          "tools": TOOLS})
     final = probe.final("p1")
     assert [(c["name"], c["arguments"]) for c in final["tool_calls"]] == [("HassTurnOff", {})]
+    probe.publish(svc.topics["prompt"], {"id": "p2", "prompt": "a <function=no></function> [sim:echo]",
+                                         "tools": TOOLS})
+    final = probe.final("p2")
+    assert final["invalid_tool_calls"] == [
+        {"raw": "<function=no></function>",
+         "error": "unknown function 'no' (not in the request's tools)"}]
+    assert_clean_stream(probe, "p2", final)
 
 
 @pytest.mark.parametrize(("tools", "message"), [
