@@ -19,7 +19,8 @@ Decisions (the README repeats them):
 - The prompt size (prompt + messages + system, in characters) over `limits.max_prompt_chars` is
   `invalid_request`; `context_too_long` is kept for what the runtime itself refuses.
 - Function calling (`tools`, tool turns in `messages`, `tool_calls` in a final) is validated and
-  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`.
+  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`, and
+  markup the model wrote that is not a valid call is listed in `invalid_tool_calls`.
 - The MQTT 5 Response Topic property passes the same allow-list as the JSON `response_topic`; when
   both are given the JSON field wins, but a forbidden property is refused either way. Errors found
   before the target is known go to `~/response` (or to an allowed property topic) with id null.
