@@ -55,12 +55,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rkllm_mqtt.commands.ask import ask
+    from rkllm_mqtt.commands.ask import ask, load_tools
     from rkllm_mqtt.mqtt_client import MqttConnectError
 
     try:
+        tools = load_tools(args.tools) if args.tools is not None else None
+    except ValueError as err:
+        print(f"rkllm-mqtt: --tools {args.tools}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
-                   system=args.system, conversation=args.conversation)
+                   system=args.system, conversation=args.conversation, tools=tools)
     except MqttConnectError as err:  # no broker: the question failed, the runtime is not at fault
         print(f"rkllm-mqtt: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -115,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print only the final answer")
     p.add_argument("--system", default=None, help="system prompt for this request")
     p.add_argument("--conversation", default=None, help="conversation id to continue")
+    p.add_argument("--tools", type=Path, default=None, metavar="FILE",
+                   help="a JSON file with a list of OpenAI-form tools to offer; the reply's tool "
+                        "calls are printed as JSON lines")
     p = command("demo", "broker + simulator + daemon on this machine, then one prompt", _cmd_demo,
                 config=False)
     p.add_argument("--abi", default="1.2", choices=["1.1", "1.2.0", "1.2", "1.3"],

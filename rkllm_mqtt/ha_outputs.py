@@ -13,28 +13,50 @@ from typing import Any
 from rkllm_mqtt.config import Settings
 from rkllm_mqtt.discovery import build_discovery
 from rkllm_mqtt.mqtt_client import MqttClient
-from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, StatePayload, Timing, Usage
+from rkllm_mqtt.protocol import tool_calls_json
+from rkllm_mqtt.runtime.contract import (
+    ErrorCode,
+    FinishReason,
+    StatePayload,
+    Timing,
+    ToolCall,
+    Usage,
+)
 from rkllm_mqtt.topics import Topics
 
 LAST_RESPONSE_CHARS = 255  # HA's limit for a state string
 ATTRIBUTES_MAX_BYTES = 16000  # HA's recorder drops attributes over 16384 bytes
+MAX_NAMED_CALLS = 32  # calls named in attributes whose arguments did not fit
 
 
 def compact_json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def bounded_json(obj: dict[str, Any], text: str, limit: int = ATTRIBUTES_MAX_BYTES) -> bytes:
-    """`obj` plus "text" and "truncated", the text cut so the whole JSON stays under `limit`."""
-    data = compact_json({**obj, "text": text, "truncated": False})
+def bounded_json(obj: dict[str, Any], text: str, limit: int = ATTRIBUTES_MAX_BYTES,
+                 tool_calls: tuple[ToolCall, ...] = ()) -> bytes:
+    """`obj` plus "text", "tool_calls" (when there are any) and "truncated", cut so the whole
+    JSON stays under `limit`: the text first, then the calls' arguments (their ids and names
+    stay, which is what an automation reads)."""
+    calls: dict[str, Any] = {"tool_calls": tool_calls_json(tool_calls)} if tool_calls else {}
+    data = compact_json({**obj, "text": text, **calls, "truncated": False})
     if len(data) <= limit:
         return data
     cut = text
     while len(data) > limit and cut:
         over = len(data) - limit
         cut = cut[:max(0, len(cut) - max(over // 4, 1))]  # ≤ 4 bytes (and escapes) per character
-        data = compact_json({**obj, "text": cut, "truncated": True})
+        data = compact_json({**obj, "text": cut, **calls, "truncated": True})
+    if len(data) > limit and calls:
+        names = [{"id": c.id, "name": c.name} for c in tool_calls[:MAX_NAMED_CALLS]]
+        data = compact_json({**obj, "text": "", "tool_calls": names, "truncated": True})
     return data
+
+
+def tool_calls_summary(tool_calls: tuple[ToolCall, ...]) -> str:
+    """The readable state of an answer that only called tools (HA shows it as the sensor value)."""
+    names = list(dict.fromkeys(c.name for c in tool_calls))
+    return "called " + ", ".join(names)
 
 
 def discovery_payload(settings: Settings, model: str | None) -> bytes:
@@ -62,10 +84,13 @@ class HomeAssistantOutputs:
             self._mqtt.publish_raw(self._topics.state, data, retain=True)
 
     def last_response(self, request_id: str | int | None, text: str, finish_reason: FinishReason,
-                      usage: Usage, timing: Timing) -> None:
-        short = text if len(text) <= LAST_RESPONSE_CHARS else text[:LAST_RESPONSE_CHARS - 1] + "…"
+                      usage: Usage, timing: Timing, tool_calls: tuple[ToolCall, ...] = ()) -> None:
+        """Retained state and attributes; an answer with no text but calls shows what it called."""
+        shown = text if text.strip() or not tool_calls else tool_calls_summary(tool_calls)
+        short = shown if len(shown) <= LAST_RESPONSE_CHARS else shown[:LAST_RESPONSE_CHARS - 1] + "…"
         attributes = bounded_json({"id": request_id, "finish_reason": finish_reason,
-                                   "usage": usage, "timing": timing}, text)
+                                   "usage": usage, "timing": timing}, text,
+                                  tool_calls=tool_calls)
         self._last_response = (short.encode("utf-8"), attributes)
         self._publish_last_response()
 
@@ -76,9 +101,11 @@ class HomeAssistantOutputs:
             self._mqtt.publish_raw(self._topics.attributes, attributes, retain=True)
 
     def completed(self, request_id: str | int | None, text: str, finish_reason: FinishReason,
-                  usage: Usage, timing: Timing) -> None:
-        self._event({"event_type": "completed", "id": request_id, "finish_reason": finish_reason,
-                     "usage": usage, "timing": timing}, text=text)
+                  usage: Usage, timing: Timing, tool_calls: tuple[ToolCall, ...] = ()) -> None:
+        data = bounded_json({"event_type": "completed", "id": request_id,
+                             "finish_reason": finish_reason, "usage": usage, "timing": timing},
+                            text, tool_calls=tool_calls)
+        self._mqtt.publish_raw(self._topics.event, data)
 
     def failed(self, request_id: str | int | None, code: ErrorCode, message: str) -> None:
         if code is ErrorCode.ABORTED:
@@ -87,9 +114,8 @@ class HomeAssistantOutputs:
             self._event({"event_type": "error", "id": request_id, "code": str(code),
                          "message": message})
 
-    def _event(self, payload: dict[str, Any], *, text: str | None = None) -> None:
-        data = bounded_json(payload, text) if text is not None else compact_json(payload)
-        self._mqtt.publish_raw(self._topics.event, data)
+    def _event(self, payload: dict[str, Any]) -> None:
+        self._mqtt.publish_raw(self._topics.event, compact_json(payload))
 
     def discovery(self, model: str | None) -> None:
         self._mqtt.publish_raw(self._topics.discovery, discovery_payload(self._settings, model),

@@ -19,7 +19,8 @@ Decisions (the README repeats them):
 - The prompt size (prompt + messages + system, in characters) over `limits.max_prompt_chars` is
   `invalid_request`; `context_too_long` is kept for what the runtime itself refuses.
 - Function calling (`tools`, tool turns in `messages`, `tool_calls` in a final) is validated and
-  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`.
+  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`, and
+  markup the model wrote that is not a valid call is listed in `invalid_tool_calls`.
 - The MQTT 5 Response Topic property passes the same allow-list as the JSON `response_topic`; when
   both are given the JSON field wins, but a forbidden property is refused either way. Errors found
   before the target is known go to `~/response` (or to an allowed property topic) with id null.
@@ -54,6 +55,7 @@ from rkllm_mqtt.runtime.contract import (
     INT32_MAX,
     ErrorCode,
     FinishReason,
+    InvalidToolCall,
     Message,
     Timing,
     ToolCall,
@@ -271,14 +273,23 @@ def token_reply(target: ReplyTarget, seq: int, text: str) -> Outgoing:
 def final_ok(
     target: ReplyTarget, text: str, finish_reason: FinishReason, usage: Usage, timing: Timing,
     tool_calls: tuple[ToolCall, ...] = (),
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = (),
 ) -> Outgoing:
-    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls")."""
+    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls"), and
+    markup that was not a call follows as `invalid_tool_calls`."""
     fields: dict[str, Any] = {"type": "final", "status": "ok", "text": text,
                               "finish_reason": finish_reason}
     if tool_calls:
-        fields["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                for c in tool_calls]
+        fields["tool_calls"] = tool_calls_json(tool_calls)
+    if invalid_tool_calls:
+        fields["invalid_tool_calls"] = [{"raw": c.raw, "error": c.error}
+                                        for c in invalid_tool_calls]
     return reply(target, **fields, usage=usage, timing=timing)
+
+
+def tool_calls_json(tool_calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """`tool_calls` as the contract writes them (final replies, Home Assistant's outputs)."""
+    return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in tool_calls]
 
 
 def final_error(

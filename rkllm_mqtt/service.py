@@ -450,9 +450,11 @@ class Service:
         self._stats.tokens_per_second = timing["tokens_per_s"]
         self._stats.ttft_ms = timing["ttft_ms"]
         self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing,
-                                    event.tool_calls), target.id)
-        self.outputs.last_response(target.id, event.text, event.finish_reason, usage, timing)
-        self.outputs.completed(target.id, event.text, event.finish_reason, usage, timing)
+                                    event.tool_calls, event.invalid_tool_calls), target.id)
+        self.outputs.last_response(target.id, event.text, event.finish_reason, usage, timing,
+                                   event.tool_calls)
+        self.outputs.completed(target.id, event.text, event.finish_reason, usage, timing,
+                               event.tool_calls)
 
     # ------------------------------------------------------------------ replies and outputs
 

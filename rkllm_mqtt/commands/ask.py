@@ -3,7 +3,8 @@
 It is also the smallest complete client of the contract: a fresh id, a private reply topic under
 `<base>/reply/` (allowed by the default `mqtt.allowed_response_topics`), tokens printed as they
 arrive (deduplicated by `seq`, since QoS 1 may deliver one twice), and the final reply deciding the
-exit code.
+exit code. With `--tools`, the calls of the final reply follow the text on stdout, one JSON object
+a line, so a script can run them and send the results back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import queue
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, TextIO
 
 from rkllm_mqtt.config import Settings
@@ -24,6 +26,19 @@ from rkllm_mqtt.topics import Topics
 log = logging.getLogger(__name__)
 
 
+def load_tools(path: Path) -> list[Any]:
+    """The `--tools` file: a JSON list of OpenAI-form tools (the daemon validates each one, and
+    answers invalid_request naming the field)."""
+    try:
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"cannot read it ({err.strerror or err})") from None
+    except ValueError as err:
+        raise ValueError(f"not JSON ({err})") from None
+    if not isinstance(tools, list):
+        raise ValueError('must be a JSON list of {"type": "function", "function": {...}}')
+    return tools
+
 
 def ask(
     settings: Settings,
@@ -33,6 +48,7 @@ def ask(
     stream: bool = True,
     system: str | None = None,
     conversation: str | None = None,
+    tools: list[Any] | None = None,
     stream_to: TextIO | None = None,
     errors_to: TextIO | None = None,
 ) -> int:
@@ -50,6 +66,8 @@ def ask(
         request["system"] = system
     if conversation is not None:
         request["conversation"] = conversation
+    if tools is not None:
+        request["tools"] = tools
 
     inbox: queue.SimpleQueue[InMessage] = queue.SimpleQueue()
     client = MqttClient(settings.mqtt, client_id=client_id,
@@ -90,9 +108,7 @@ def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: 
         if reply.get("type") != "final":
             continue
         if reply.get("status") == "ok":
-            out.write(("" if stream else reply.get("text", "")) + "\n")
-            out.flush()
-            err.write(_summary(reply) + "\n")
+            _print_answer(reply, stream, out, err)
             return EXIT_OK
         if stream and next_seq:
             out.write("\n")
@@ -103,6 +119,22 @@ def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: 
         " (no daemon has announced itself on this node)" if daemon_status is None else "")
     err.write(f"rkllm-mqtt: no final reply within {timeout:g} s{hint}\n")
     return EXIT_FAILURE
+
+
+def _print_answer(final: dict[str, Any], streamed: bool, out: TextIO, err: TextIO) -> None:
+    """The text (unless it streamed), then each tool call as one JSON line; markup that was not a
+    call is only reported on stderr, like the figures."""
+    text, calls = final.get("text", ""), final.get("tool_calls") or []
+    if not streamed:
+        out.write(text)
+    if text or not calls:
+        out.write("\n")
+    for call in calls:
+        out.write(json.dumps(call, ensure_ascii=False) + "\n")
+    out.flush()
+    for invalid in final.get("invalid_tool_calls") or []:
+        err.write(f"rkllm-mqtt: a malformed tool call was left out: {invalid.get('error')}\n")
+    err.write(_summary(final) + "\n")
 
 
 def _summary(final: dict[str, Any]) -> str:

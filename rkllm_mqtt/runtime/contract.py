@@ -33,6 +33,15 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class InvalidToolCall:
+    """Tool-call markup that is not a call (a final reply's `invalid_tool_calls`): left out of
+    the text, so a client can see what the model tried, and why it failed."""
+
+    raw: str  # the markup as the model wrote it, at most MAX_RAW_CHARS
+    error: str  # one line
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One chat turn; a request's `messages` and the runtime's prompt rendering use this type."""
 

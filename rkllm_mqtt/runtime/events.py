@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, Message, ToolCall
+from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, InvalidToolCall, Message, ToolCall
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class FinalEvent:
     finish_reason: FinishReason  # never "error": a failed run is an ErrorEvent
     stats: RunStats
     tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls"
+    invalid_tool_calls: tuple[InvalidToolCall, ...] = ()  # markup left out of `text`
 
 
 @dataclass(frozen=True)

@@ -525,13 +525,15 @@ class Session:
             generation._emit(TokenEvent(tail))
         text = run.text
         calls = tuple(run.tools.calls) if run.tools is not None else ()
+        invalid = tuple(run.tools.invalid) if run.tools is not None else ()
         if run.stop_reason in (None, "stop_sequence") and not failed and calls:
-            return FinalEvent(text, "tool_calls", self._stats(run, ended), calls)
+            return FinalEvent(text, "tool_calls", self._stats(run, ended), calls, invalid)
         if run.stop_reason is not None:
-            return FinalEvent(text, run.stop_reason, self._stats(run, ended))
+            return FinalEvent(text, run.stop_reason, self._stats(run, ended), (), invalid)
         if failed:
             return self._run_error(plan.text, status, text)
-        return FinalEvent(text, "length" if capped else "stop", self._stats(run, ended))
+        return FinalEvent(text, "length" if capped else "stop", self._stats(run, ended), (),
+                          invalid)
 
     def _run_error(self, prompt: str, status: int, text: str) -> ErrorEvent:
         limit = self._param.max_context_len

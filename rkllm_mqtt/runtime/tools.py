@@ -12,9 +12,10 @@ live in a lean child process, on the callback path of every token.
   bare).
 - Malformed markup (bad JSON, a function that was not offered, arguments that are not an object,
   a block still open when the run ends or longer than MAX_BLOCK_CHARS) is handled one way every
-  time: it is not a call, so it is text, released to the stream and the final text exactly as
-  the model wrote it (what vLLM's and llama.cpp's Hermes parsers do as well). Each block is
-  judged on its own.
+  time: it is not a call, and it is not text either (a voice assistant would read it out). It
+  never reaches the token stream or the final text; it becomes an `InvalidToolCall` (the markup
+  as written, bounded, and why), the name and shape of LangChain's AIMessage.invalid_tool_calls.
+  Each block is judged on its own.
 - `hermes_system`, `render_tool_results`, `render_tool_calls`: the Qwen2.5 chat template's tool
   parts (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), for runtimes without
   rkllm_set_function_tools (1.1.x, 1.2.0), where the daemon writes the prompt text itself.
@@ -32,17 +33,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rkllm_mqtt.runtime.contract import Message, ToolCall
+from rkllm_mqtt.runtime.contract import InvalidToolCall, Message, ToolCall
 
 log = logging.getLogger(__name__)
 
 # tool_response_str of rkllm_set_function_tools, as in the 1.3.0 demo.
 TOOL_RESPONSE_TAG = "tool_response"
 
-# A block longer than this is not a call: it is released as text instead of holding the stream.
+# A block longer than this is malformed: the rest of it, up to its closer, is skipped instead of
+# holding the stream until the closer comes.
 MAX_BLOCK_CHARS = 8192
+MAX_RAW_CHARS = 1024  # of the markup an invalid_tool_calls entry quotes
 _CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 _OPENERS = tuple(_CLOSERS)
+_CUT_OPENERS = tuple(o[:-1] for o in _OPENERS)  # an opening tag the end of the answer cut short
 _LONGEST_OPENER = max(len(o) for o in _OPENERS)
 _FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)</parameter>", re.DOTALL)
@@ -88,10 +92,11 @@ class ToolCallFilter:
         self._tools = tools
         self._buffer = ""  # text not released yet: a possible markup start, or a block
         self._block: str | None = None  # the opener of the block being read
-        self._space_before = ""  # whitespace before the block (dropped with a valid call)
-        self._after_call = False  # the last thing read was a call: blanks after it may go
+        self._dropping = False  # the block outgrew MAX_BLOCK_CHARS: skipped up to its closer
+        self._after_block = False  # the last thing read was a block: blanks after it may go
         self._parts: list[str] = []
         self.calls: list[ToolCall] = []
+        self.invalid: list[InvalidToolCall] = []
 
     @property
     def text(self) -> str:
@@ -107,20 +112,29 @@ class ToolCallFilter:
         return self._emit("".join(out))
 
     def finish(self) -> str:
-        """End of run: an open block is malformed (text); held text is released."""
+        """End of run: an open block (or an opening tag cut short) is malformed; held text goes.
+
+        Logs one warning for the run when any block was malformed."""
         out: list[str] = []
         if self._block is not None:
-            log.warning("the answer ended inside a tool call; kept as text: %.200r", self._buffer)
-            out.append(self._space_before + self._buffer)
-        elif not (self._after_call and not self._buffer.strip()):  # blanks after the last call go
+            if not self._dropping:
+                self._invalid(self._buffer, f"not closed: the answer ended before "
+                                            f"{_CLOSERS[self._block]}")
+        elif self._buffer.strip() in _CUT_OPENERS:
+            self._invalid(self._buffer.strip(), "not closed: the answer ended inside the tag")
+        elif not (self._after_block and not self._buffer.strip()):  # blanks after a block go
             out.append(self._buffer)
-        self._buffer, self._block, self._space_before = "", None, ""
+        self._buffer, self._block, self._dropping = "", None, False
+        if self.invalid:
+            first = self.invalid[0]
+            log.warning("%d malformed tool call(s) left out of the answer; the first: %s: %.200r",
+                        len(self.invalid), first.error, first.raw)
         return self._emit("".join(out))
 
     def _step(self, out: list[str]) -> bool:
         """Consume what the buffer settles; True when another step may settle more."""
-        if self._after_call and not self._parts and not out:
-            self._buffer = self._buffer.lstrip()  # an answer that starts with a call
+        if self._after_block and not self._parts and not any(out):
+            self._buffer = self._buffer.lstrip()  # an answer that starts with a block
         if self._block is None:
             found = ([(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
                      if "<" in self._buffer else [])
@@ -129,91 +143,106 @@ class ToolCallFilter:
                 ready = self._buffer[: len(self._buffer) - keep]
                 text = ready.rstrip()  # whitespace may precede markup: hold it too
                 out.append(text)
-                self._after_call = self._after_call and not text
+                self._after_block = self._after_block and not text
                 self._buffer = self._buffer[len(text):]
                 return False
             start, opener = min(found)
-            before = self._buffer[:start]
-            text = before.rstrip()
+            text = self._buffer[:start].rstrip()  # the blanks before a block go with it
             out.append(text)
-            self._after_call = self._after_call and not text
-            self._space_before = before[len(text):]
+            self._after_block = self._after_block and not text
             self._block = opener
             self._buffer = self._buffer[start:]
             return True
         closer = _CLOSERS[self._block]
-        end = self._buffer.find(closer, len(self._block))
-        if end < 0 and len(self._buffer) > MAX_BLOCK_CHARS:
-            log.warning("a tool call longer than %d characters; kept as text", MAX_BLOCK_CHARS)
-            out.append(self._space_before + self._buffer)
-            self._buffer, self._block, self._space_before = "", None, ""
-            self._after_call = False
-            return False
+        end = self._buffer.find(closer, 0 if self._dropping else len(self._block))
         if end < 0:
+            if not self._dropping and len(self._buffer) > MAX_BLOCK_CHARS:
+                self._invalid(self._buffer, f"longer than {MAX_BLOCK_CHARS} characters "
+                                            f"without {closer}")
+                self._dropping = True
+            if self._dropping:  # keep only what may be the start of the closer
+                self._buffer = self._buffer[max(0, len(self._buffer) - len(closer) + 1):]
             return False
         end += len(closer)
         block, self._buffer = self._buffer[:end], self._buffer[end:]
-        calls = self._parse(block)
-        if calls is None:
-            log.warning("malformed tool call (bad JSON, a function not offered, or arguments "
-                        "that are not an object); kept as text: %.200r", block)
-            out.append(self._space_before + block)
-            self._after_call = False
-        else:
-            self.calls.extend(calls)
-            self._after_call = True
-        self._block, self._space_before = None, ""
+        if not self._dropping:
+            parsed = self._parse(block)
+            if isinstance(parsed, str):
+                self._invalid(block, parsed)
+            else:
+                self.calls.extend(parsed)
+        self._block, self._dropping, self._after_block = None, False, True
         return True
 
-    def _parse(self, block: str) -> list[ToolCall] | None:
-        """The calls in one complete block, or None when it is malformed."""
+    def _invalid(self, raw: str, error: str) -> None:
+        if len(raw) > MAX_RAW_CHARS:
+            raw = raw[:MAX_RAW_CHARS - 1] + "…"
+        self.invalid.append(InvalidToolCall(raw, error))
+
+    def _parse(self, block: str) -> list[ToolCall] | str:
+        """The calls in one complete block, or why it is malformed."""
         if block.startswith("<function="):
             return self._parse_functions(block)
         inner = block[len("<tool_call>"): -len("</tool_call>")].strip()
         if inner.startswith("<function="):
             return self._parse_functions(inner)
-        try:
-            obj = json.loads(inner)
-        except (ValueError, RecursionError):  # RecursionError: nesting too deep
-            return None
+        obj = _json(inner)
+        if isinstance(obj, _BadJson):
+            return f"bad JSON: {obj.why}"
         if not isinstance(obj, dict):
-            return None
+            return 'not a JSON object {"name": …, "arguments": {…}}'
         arguments = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(arguments, str):  # some models write the arguments as a JSON string
-            try:
-                arguments = json.loads(arguments)
-            except (ValueError, RecursionError):  # RecursionError: nesting too deep
-                return None
+            arguments = _json(arguments)
+            if isinstance(arguments, _BadJson):
+                return f"arguments: a string that is not JSON ({arguments.why})"
         call = self._call(obj.get("name"), arguments)
-        return None if call is None else [call]
+        return call if isinstance(call, str) else [call]
 
-    def _parse_functions(self, text: str) -> list[ToolCall] | None:
+    def _parse_functions(self, text: str) -> list[ToolCall] | str:
         calls: list[ToolCall] = []
         if _FUNCTION.sub("", text).strip():
-            return None  # something besides function blocks
+            return "text outside the <function=…>…</function> blocks"
         for name, body in _FUNCTION.findall(text):
             if _PARAMETER.sub("", body).strip():
-                return None
+                return f"<function={name[:128]}>: text outside the <parameter=…> blocks"
             types = self._tools.functions.get(name, {})
             arguments = {key: _typed(value.strip(), types.get(key, "string"))
                          for key, value in _PARAMETER.findall(body)}
             call = self._call(name, arguments)
-            if call is None:
-                return None
+            if isinstance(call, str):
+                return call
             calls.append(call)
-        return calls or None
+        return calls or "no <function=…>…</function> in the block"
 
-    def _call(self, name: Any, arguments: Any) -> ToolCall | None:
-        if not isinstance(name, str) or name not in self._tools.functions:
-            return None
+    def _call(self, name: Any, arguments: Any) -> ToolCall | str:
+        if not isinstance(name, str) or not name:
+            return "no function name"
+        if name not in self._tools.functions:
+            return f"unknown function {name[:128]!r} (not in the request's tools)"
         if not isinstance(arguments, dict):
-            return None
+            return f"{name}: arguments are not a JSON object"
         return ToolCall(new_call_id(), name, arguments)
 
     def _emit(self, piece: str) -> str:
         if piece:
             self._parts.append(piece)
         return piece
+
+
+@dataclass(frozen=True, slots=True)
+class _BadJson:
+    why: str
+
+
+def _json(text: str) -> Any:
+    """The parsed JSON, or `_BadJson` saying why not (one line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return _BadJson(f"{err.msg} at character {err.pos}")
+    except RecursionError:
+        return _BadJson("nested too deep")
 
 
 def _held_suffix(buffer: str) -> int:

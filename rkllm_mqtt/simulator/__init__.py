@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rkllm_mqtt.simulator.build import ABIS, build_simulator, sim_model_file
 
@@ -14,6 +15,7 @@ ANSWER_PREFIX = "You said: "
 ECHO_CHARS = 60
 ANSWER_TAIL = " — ünïcödé 你好 🙂 done."
 CHUNK_BYTES = 3
+MAX_CHUNK_BYTES = 32  # SIM_MAX_CHUNK_BYTES: the most [sim:chunk=N] may ask for
 
 
 def expected_answer(prompt: str) -> str:
@@ -28,10 +30,14 @@ def expected_answer(prompt: str) -> str:
 
 def expected_tokens(prompt: str) -> list[bytes]:
     """The bytes of each NORMAL callback for `prompt`: the echo part and the tail cut separately
-    into 3-byte chunks, so multi-byte characters of the tail are always split across callbacks."""
+    into 3-byte chunks (N with [sim:chunk=N]), so multi-byte characters of the tail are split
+    across callbacks."""
+    at = prompt.find("[sim:chunk=")  # the first one counts, as strstr finds it
+    asked = re.match(r"(\d+)\]", prompt[at + len("[sim:chunk="):]) if at >= 0 else None
+    size = int(asked[1]) if asked and 1 <= int(asked[1]) <= MAX_CHUNK_BYTES else CHUNK_BYTES
     head = (ANSWER_PREFIX + prompt[:ECHO_CHARS]).encode()
     tail = ANSWER_TAIL.encode()
-    return [part[i : i + CHUNK_BYTES] for part in (head, tail) for i in range(0, len(part), CHUNK_BYTES)]
+    return [part[i : i + size] for part in (head, tail) for i in range(0, len(part), size)]
 
 
 def expected_tool_call(name: str, thing: str | None = None, *, xml: bool = False) -> str:

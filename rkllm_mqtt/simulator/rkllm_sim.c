@@ -60,6 +60,7 @@
  *   [sim:tool_xml]      a tool call (see "Function calling" below) in the XML-like form
  *   [sim:echo]          the echo answer even when the prompt asks for a tool (so a test can
  *                       make the "model" write any markup: it is in the echoed prompt)
+ *   [sim:chunk=N]       tokens of N bytes (1 to 32) instead of 3, cut the same way
  *
  * Function calling: with tools set (rkllm_set_function_tools on 1.2.1+; a "<tools>" block in the
  * text before 1.2.1) and a prompt that asks for one of them, the answer is a Qwen-style
@@ -513,6 +514,7 @@ __attribute__((used)) static const char sim_version_banner[] = "rkllm-runtime ve
 #define SIM_MAGIC 0x524b4c4c4d53494dULL /* "RKLLMSIM" */
 #define SIM_ECHO_CHARS 60
 #define SIM_CHUNK_BYTES 3
+#define SIM_MAX_CHUNK_BYTES 32
 #define SIM_CRASH_AFTER 2
 #define SIM_SLICE_MS 10
 #define SIM_DEFAULT_MODEL_MAX_CONTEXT 4096
@@ -877,6 +879,7 @@ typedef struct {
     SimBuf text;
     size_t *ends; /* end offset of each token in text */
     size_t n, cap;
+    size_t chunk; /* bytes per token: SIM_CHUNK_BYTES, or [sim:chunk=N] */
 } SimAnswer;
 
 static void answer_token_end(SimAnswer *a) {
@@ -892,10 +895,10 @@ static void answer_token_end(SimAnswer *a) {
     a->ends[a->n++] = a->text.len;
 }
 
-/* Appends s cut into SIM_CHUNK_BYTES-byte tokens, counted from the start of s. */
+/* Appends s cut into a->chunk-byte tokens, counted from the start of s. */
 static void answer_add_chunked(SimAnswer *a, const char *s, size_t n) {
-    for (size_t i = 0; i < n; i += SIM_CHUNK_BYTES) {
-        size_t k = n - i < SIM_CHUNK_BYTES ? n - i : SIM_CHUNK_BYTES;
+    for (size_t i = 0; i < n; i += a->chunk) {
+        size_t k = n - i < a->chunk ? n - i : a->chunk;
         buf_add(&a->text, s + i, k);
         answer_token_end(a);
     }
@@ -1251,7 +1254,9 @@ static int sim_stream(SimJob *job) {
     prefill_tps = sim_env_double("RKLLM_SIM_PREFILL_TPS", prefill_tps);
     decode_tps = sim_env_double("RKLLM_SIM_DECODE_TPS", decode_tps);
 
-    SimAnswer ans = {0};
+    long chunk = sim_directive_value(prompt, "chunk");
+    SimAnswer ans = {.chunk = chunk >= 1 && chunk <= SIM_MAX_CHUNK_BYTES ? (size_t)chunk
+                                                                        : SIM_CHUNK_BYTES};
     if (!sim_tools_answer(&ans, h, prompt))
         answer_build(&ans, prompt, sim_directive_value(prompt, "tokens"));
     long limit = context - prompt_tokens;

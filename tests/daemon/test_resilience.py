@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -74,3 +78,39 @@ def test_ask_reports_error_replies_and_timeouts(broker, daemon, daemon_settings)
     err = io.StringIO()
     assert ask(nobody, "anyone?", timeout=0.5, stream_to=io.StringIO(), errors_to=err) == 1
     assert "no final reply within 0.5 s" in err.getvalue()
+
+
+def test_ask_with_tools_prints_the_calls(broker, daemon, tmp_path):
+    """`rkllm-mqtt ask --tools FILE`, the real command against the real daemon: the calls are
+    JSON lines on stdout; a bad file is a usage error before anything is sent."""
+    svc = daemon(broker)
+    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}}]
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(tools), encoding="utf-8")
+    env = {**os.environ, "RKLLM_MQTT_MQTT__HOST": broker.host,
+           "RKLLM_MQTT_MQTT__PORT": str(broker.port),
+           "RKLLM_MQTT_MQTT__NODE_ID": svc.settings.mqtt.node_id}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rkllm_mqtt", "ask", "--timeout", "20", *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    proc = cli("--tools", str(path), "Turn on the kitchen light.")
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    call = json.loads(line)
+    assert (call["name"], call["arguments"]) == ("HassTurnOn", {"name": "kitchen light"})
+    assert call["id"].startswith("call_") and "[finish: tool_calls, " in proc.stderr
+
+    proc = cli("--tools", str(path), "say <tool_call>{oops}</tool_call> ok [sim:echo]")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "You said: say ok [sim:echo] — ünïcödé 你好 🙂 done.\n"
+    assert "a malformed tool call was left out: bad JSON" in proc.stderr
+
+    path.write_text('{"not": "a list"}', encoding="utf-8")
+    proc = cli("--tools", str(path), "hello")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("rkllm-mqtt:")] == [
+        f"rkllm-mqtt: --tools {path}: must be a JSON list of "
+        '{"type": "function", "function": {...}}']

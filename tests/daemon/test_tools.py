@@ -182,25 +182,115 @@ def test_text_around_a_call_streams_and_the_call_does_not(broker, daemon, probe_
     assert not any(ch in "".join(tokens) for ch in "<{}>")
 
 
-@pytest.mark.parametrize("markup", [
-    '<tool_call>{"name":"t","arguments":{bad}}</tool_call>',  # bad JSON
-    '<tool_call>{"name":"no","arguments":{}}</tool_call>',  # a function not offered
-    '<tool_call>{"name":"t","arguments":[1]}</tool_call>',  # arguments not an object
-    '<function=no><parameter=n>1</parameter></function>',  # XML form, unknown function
-    '<tool_call>{"name":"t","arguments":{}',  # still open when the answer ends
+MARKUP_CHARS = ("<", ">", "{", "}", "tool_call", "function=", "parameter=")
+
+
+def assert_clean_stream(probe: Any, request_id: str, final: dict[str, Any]) -> None:
+    """Tokens add up to the text, and neither carries any piece of markup."""
+    tokens = [r["text"] for r in probe.replies(request_id, "token")]
+    assert "".join(tokens) == final["text"]
+    assert not any(part in final["text"] for part in MARKUP_CHARS), final["text"]
+
+
+@pytest.mark.parametrize(("markup", "why"), [
+    ('<tool_call>{"name":"t","arguments":{bad}}</tool_call>',
+     "bad JSON: Expecting property name enclosed in double quotes at character 25"),
+    ('<tool_call>{"name":"no","arguments":{}}</tool_call>',
+     "unknown function 'no' (not in the request's tools)"),
+    ('<tool_call>{"name":"t","arguments":[1]}</tool_call>', "t: arguments are not a JSON object"),
+    ("<function=no><parameter=n>1</parameter></function>",
+     "unknown function 'no' (not in the request's tools)"),
+    ('<tool_call>{"name":"t","arguments":{}', "not closed: the answer ended before </tool_call>"),
+    ("<function=t><parameter=n>1</parameter>", "not closed: the answer ended before </function>"),
 ])
-def test_malformed_markup_is_text_every_time(markup, broker, daemon, probe_factory, caplog):
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_malformed_markup_never_streams_and_says_why(markup, why, chunk, broker, daemon,
+                                                     probe_factory, caplog):
+    """The model ([sim:echo]) writes text, a malformed block and more text, 1 to 3 bytes a token;
+    a block left open swallows the rest of the answer."""
     svc = daemon(broker)
     probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
-    prompt = f"say {markup} [sim:echo]"
-    assert prompt.index(" [sim") <= 60  # the simulator echoes the first 60 characters
+    prompt = f"say {markup} ok [sim:chunk={chunk}] [sim:echo]"
+    assert prompt.index(" ok") + 3 <= 60  # the simulator echoes the first 60 characters
     probe.publish(svc.topics["prompt"], {"id": "m1", "prompt": prompt, "tools": [GET_TIME]})
     final = probe.final("m1")
     assert final["status"] == "ok" and final["finish_reason"] == "stop"
     assert "tool_calls" not in final
-    assert final["text"] == expected_answer(prompt)  # exactly what the model wrote
-    assert tokens_text(probe.replies("m1")) == final["text"]
-    assert any("kept as text" in r.getMessage() for r in caplog.records)
+    echo = expected_answer(prompt)
+    closed = markup.endswith(("</tool_call>", "</function>"))
+    before, _, after = echo.partition(" " + markup)
+    assert final["text"] == (before + after if closed else before)
+    raw = markup if closed else markup + after
+    assert final["invalid_tool_calls"] == [{"raw": raw, "error": why}]
+    assert_clean_stream(probe, "m1", final)
+    warnings = [r for r in caplog.records if r.name == "rkllm_mqtt.runtime.tools"]
+    assert len(warnings) == 1 and why in warnings[0].getMessage()
+
+
+def test_valid_and_malformed_together(broker, daemon, probe_factory):
+    svc = daemon(broker)
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    prompt = "a <function=t></function> <function=no></function> b [sim:chunk=1] [sim:echo]"
+    probe.publish(svc.topics["prompt"], {"id": "v1", "prompt": prompt, "tools": [GET_TIME]})
+    final = probe.final("v1")
+    assert final["finish_reason"] == "tool_calls"
+    assert [(c["name"], c["arguments"]) for c in final["tool_calls"]] == [("t", {})]
+    assert final["invalid_tool_calls"] == [
+        {"raw": "<function=no></function>",
+         "error": "unknown function 'no' (not in the request's tools)"}]
+    assert final["text"].startswith("You said: a b [sim:")
+    assert_clean_stream(probe, "v1", final)
+
+
+def test_a_tag_cut_by_max_new_tokens_is_not_text(broker, daemon, probe_factory):
+    svc = daemon(broker)
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    prompt = 'say <tool_call>{"name":"t"}</tool_call> [sim:chunk=1] [sim:echo]'
+    cut = len("You said: say <tool_call")  # one byte a token: the run ends inside the tag
+    probe.publish(svc.topics["prompt"], {"id": "k1", "prompt": prompt, "tools": [GET_TIME],
+                                         "max_new_tokens": cut})
+    final = probe.final("k1")
+    assert (final["finish_reason"], final["text"]) == ("length", "You said: say")
+    assert final["invalid_tool_calls"] == [
+        {"raw": "<tool_call", "error": "not closed: the answer ended inside the tag"}]
+    assert_clean_stream(probe, "k1", final)
+
+
+def test_a_block_over_the_size_bound_is_dropped_not_released(broker, daemon, probe_factory,
+                                                             monkeypatch):
+    """The bound (8192 characters) lowered so the simulator's 60-character echo passes it: past it
+    the block is malformed, and nothing of it streams, however the closer comes later."""
+    monkeypatch.setattr("rkllm_mqtt.runtime.tools.MAX_BLOCK_CHARS", 20)
+    svc = daemon(broker)
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    markup = '<tool_call>{"name":"t","arguments":{}}</tool_call>'
+    prompt = f"a {markup} b [sim:chunk=2] [sim:echo]"
+    probe.publish(svc.topics["prompt"], {"id": "s1", "prompt": prompt, "tools": [GET_TIME]})
+    final = probe.final("s1")
+    assert final["finish_reason"] == "stop" and "tool_calls" not in final
+    [invalid] = final["invalid_tool_calls"]
+    assert invalid["error"] == "longer than 20 characters without </tool_call>"
+    assert markup.startswith(invalid["raw"]) and len(invalid["raw"]) > 20
+    assert final["text"] == expected_answer(prompt).replace(" " + markup, "")
+    assert_clean_stream(probe, "s1", final)
+
+
+def test_home_assistant_outputs_carry_the_calls(broker, daemon, probe_factory):
+    """~/event completed and ~/last_response/attributes list the calls; the sensor state of an
+    answer that only called tools says what it called."""
+    svc = daemon(broker)
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    probe.publish(svc.topics["prompt"], {"id": "h1", "prompt": "Turn on the kitchen light.",
+                                         "tools": TOOLS})
+    final = probe.final("h1")
+    assert final["text"] == "" and final["finish_reason"] == "tool_calls"
+    state = probe.wait_for(lambda m: m.topic == svc.topics["last_response"])
+    assert state.text == "called HassTurnOn"
+    attrs = probe.wait_for(lambda m: m.topic == svc.topics["attributes"]).json
+    assert attrs["tool_calls"] == final["tool_calls"] and attrs["finish_reason"] == "tool_calls"
+    event = probe.wait_for(lambda m: m.topic == svc.topics["event"]).json
+    assert event["event_type"] == "completed" and event["tool_calls"] == final["tool_calls"]
+    assert (event["text"], event["truncated"]) == ("", False)
 
 
 def test_xml_form_and_no_streaming(broker, daemon, probe_factory):
@@ -221,6 +311,13 @@ def test_tool_calls_cross_the_process_boundary(broker, on_family, probe_factory)
                                          "tools": TOOLS})
     final = probe.final("p1")
     assert [(c["name"], c["arguments"]) for c in final["tool_calls"]] == [("HassTurnOff", {})]
+    probe.publish(svc.topics["prompt"], {"id": "p2", "prompt": "a <function=no></function> [sim:echo]",
+                                         "tools": TOOLS})
+    final = probe.final("p2")
+    assert final["invalid_tool_calls"] == [
+        {"raw": "<function=no></function>",
+         "error": "unknown function 'no' (not in the request's tools)"}]
+    assert_clean_stream(probe, "p2", final)
 
 
 @pytest.mark.parametrize(("tools", "message"), [

@@ -228,6 +228,39 @@ async def test_the_prompt_entity_gets_an_answer(
     assert mqtt_log_problems() == []
 
 
+async def test_an_answer_that_only_calls_tools_is_readable_in_ha(
+    hass: HomeAssistant,
+    mqtt_ready: ConfigEntry,
+    start_daemon: Callable[..., Daemon],
+    outside_client: Callable[[], OutsideClient],
+    state_log: StateLog,
+    mqtt_log_problems: Callable[[], list[str]],
+) -> None:
+    """A client's request with tools: Last response says what was called (not an empty state),
+    and its attributes and the Response event carry the calls."""
+    daemon, _ = await _start_in_ha(hass, start_daemon, mqtt_log_problems)
+    state_log.clear()
+    tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}}]
+    client = outside_client()
+    client.publish(f"{daemon.prefix}/prompt", json.dumps(
+        {"id": "tool-1", "prompt": "Turn on the kitchen light.", "tools": tools}))
+    last = await wait_until(
+        hass,
+        lambda: (s := _state(hass, "last_response")).attributes.get("id") == "tool-1" and s,
+        "the Last response of the tool call",
+    )
+    assert last.state == "called HassTurnOn"
+    [call] = last.attributes["tool_calls"]
+    assert (call["name"], call["arguments"]) == ("HassTurnOn", {"name": "kitchen light"})
+    assert (last.attributes["text"], last.attributes["finish_reason"]) == ("", "tool_calls")
+    await wait_until(hass, lambda: state_log.events(), "the Response event")
+    event, = state_log.events()
+    assert event.attributes["event_type"] == "completed"
+    assert event.attributes["tool_calls"] == last.attributes["tool_calls"]
+    assert mqtt_log_problems() == []
+
+
 async def test_the_abort_button_ends_a_run(
     hass: HomeAssistant,
     mqtt_ready: ConfigEntry,

@@ -562,6 +562,9 @@ PROMPTS = [
     "",
     "Grüße aus Köln — 東京 🚀 and a prompt that is clearly longer than sixty characters in total",
     'quotes " and \\ backslashes\nnew line',
+    "one byte at a time [sim:chunk=1]",
+    "two [sim:chunk=2] then [sim:chunk=1]",
+    "out of range [sim:chunk=33]",
 ]
 
 

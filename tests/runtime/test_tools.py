@@ -14,6 +14,7 @@ from rkllm_mqtt.runtime.contract import ToolCall
 from rkllm_mqtt.runtime.prompt import TemplateConfig, plan_request
 from rkllm_mqtt.runtime.tools import (
     MAX_BLOCK_CHARS,
+    MAX_RAW_CHARS,
     ToolCallFilter,
     ToolSet,
     hermes_system,
@@ -30,10 +31,17 @@ TOOLS = ToolSet.from_json(TOOLS_JSON)
 
 
 def run_filter(pieces: list[str]) -> tuple[list[str], str, list[tuple[str, dict[str, Any]]]]:
+    released, text, calls, _ = run_filter_all(pieces)
+    return released, text, calls
+
+
+def run_filter_all(pieces: list[str]) -> tuple[list[str], str, list[tuple[str, dict[str, Any]]],
+                                                list[tuple[str, str]]]:
     f = ToolCallFilter(TOOLS)
     released = [f.feed(p) for p in pieces] + [f.finish()]
     assert "".join(released) == f.text  # tokens concatenate to the final text
-    return released, f.text, [(c.name, c.arguments) for c in f.calls]
+    return (released, f.text, [(c.name, c.arguments) for c in f.calls],
+            [(c.raw, c.error) for c in f.invalid])
 
 
 def test_a_call_split_one_character_at_a_time_never_reaches_the_text() -> None:
@@ -59,29 +67,71 @@ def test_arguments_as_a_json_string_and_several_calls() -> None:
                                               ("HassTurnOn", {"name": "b"})])
 
 
-@pytest.mark.parametrize("block", [
-    '<tool_call>{"name": "HassTurnOn", "arguments": {oops}}</tool_call>',
-    '<tool_call>{"name": "Other", "arguments": {}}</tool_call>',
-    '<tool_call>{"name": "HassTurnOn", "arguments": "not json"}</tool_call>',
-    '<tool_call>["HassTurnOn"]</tool_call>',
-    '<tool_call><function=HassTurnOn>x<parameter=name>a</parameter></function></tool_call>',
-    '<function=Other></function>',
-    '<tool_call>{"name": "HassTurnOn", "arguments": {}}',
+@pytest.mark.parametrize(("block", "why"), [
+    ('<tool_call>{"name": "HassTurnOn", "arguments": {oops}}</tool_call>',
+     "bad JSON: Expecting property name enclosed in double quotes at character 37"),
+    ('<tool_call>{"name": "Other", "arguments": {}}</tool_call>',
+     "unknown function 'Other' (not in the request's tools)"),
+    ('<tool_call>{"name": "HassTurnOn", "arguments": "not json"}</tool_call>',
+     "arguments: a string that is not JSON (Expecting value at character 0)"),
+    ('<tool_call>{"name": "HassTurnOn", "arguments": [1]}</tool_call>',
+     "HassTurnOn: arguments are not a JSON object"),
+    ('<tool_call>["HassTurnOn"]</tool_call>', 'not a JSON object {"name": …, "arguments": {…}}'),
+    ('<tool_call>{"arguments": {}}</tool_call>', "no function name"),
+    ('<tool_call><function=HassTurnOn>x<parameter=name>a</parameter></function></tool_call>',
+     "<function=HassTurnOn>: text outside the <parameter=…> blocks"),
+    ('<tool_call><function=HassTurnOn></function> so</tool_call>',
+     "text outside the <function=…>…</function> blocks"),
+    ("<tool_call></tool_call>", "bad JSON: Expecting value at character 0"),
+    ('<function=Other></function>', "unknown function 'Other' (not in the request's tools)"),
+    ('<tool_call>{"name": "HassTurnOn", "arguments": {}}',
+     "not closed: the answer ended before </tool_call>"),
+    ('<function=HassTurnOn><parameter=name>a</parameter>',
+     "not closed: the answer ended before </function>"),
+    ("<tool_call", "not closed: the answer ended inside the tag"),
 ])
-def test_malformed_blocks_are_text_exactly_as_written(block: str) -> None:
-    output = f"before {block} after"
-    if not block.endswith("</tool_call>") and not block.endswith("</function>"):
-        output = f"before {block}"  # an unclosed block runs to the end
-    assert run_filter([output])[1:] == (output, [])
+def test_malformed_blocks_are_left_out_and_said_why(block: str, why: str) -> None:
+    closed = block.endswith(("</tool_call>", "</function>"))
+    output = f"before {block} after" if closed else f"before {block}"  # unclosed: to the end
+    released, text, calls, invalid = run_filter_all(list(output))
+    assert text == ("before after" if closed else "before")
+    assert calls == [] and invalid == [(block, why)]
+    assert not any("<" in piece for piece in released)
 
 
-def test_a_block_that_never_closes_is_released_once_too_long() -> None:
-    """The stream is not held for ever: past MAX_BLOCK_CHARS the block is text, and streams."""
+def test_one_warning_per_run_however_many_blocks_are_malformed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    output = "<tool_call>x</tool_call> a <function=no></function> b <tool_call>"
+    with caplog.at_level("WARNING"):
+        _, text, _, invalid = run_filter_all([output])
+    assert text == "a b" and len(invalid) == 3
+    [record] = [r for r in caplog.records if r.name == "rkllm_mqtt.runtime.tools"]
+    assert "3 malformed tool call(s)" in record.getMessage()
+
+
+def test_a_block_that_never_closes_is_dropped_once_too_long() -> None:
+    """The stream is not held for ever: past MAX_BLOCK_CHARS the block is malformed, and what
+    follows it streams again once its closer has gone by (nothing of the block is released)."""
     f = ToolCallFilter(TOOLS)
-    assert f.feed("<tool_call>{") == ""
-    released = f.feed("x" * MAX_BLOCK_CHARS)
-    assert released == "<tool_call>{" + "x" * MAX_BLOCK_CHARS
-    assert f.feed(" more") == " more" and f.finish() == "" and f.calls == []
+    assert f.feed("Hi <tool_call>{") == "Hi"
+    assert f.feed("x" * MAX_BLOCK_CHARS) == ""
+    [invalid] = f.invalid
+    assert invalid.error == f"longer than {MAX_BLOCK_CHARS} characters without </tool_call>"
+    assert invalid.raw.startswith("<tool_call>{xxx") and invalid.raw.endswith("…")
+    assert len(invalid.raw) == MAX_RAW_CHARS
+    assert f.feed("y" * 50_000) == ""  # still inside the block: skipped, not buffered
+    assert len(f._buffer) < len("</tool_call>")
+    assert f.feed("yy</tool") == "" and f.feed("_call> more") == " more"
+    assert f.finish() == "" and f.calls == [] and len(f.invalid) == 1
+    assert f.text == "Hi more"
+
+
+def test_a_too_long_block_still_open_at_the_end_is_reported_once() -> None:
+    f = ToolCallFilter(TOOLS)
+    assert f.feed("<function=HassTurnOn>" + "z" * MAX_BLOCK_CHARS) == ""
+    assert f.finish() == "" and f.text == ""
+    assert [i.error for i in f.invalid] == [
+        f"longer than {MAX_BLOCK_CHARS} characters without </function>"]
 
 
 def test_plain_text_with_angle_brackets_and_trailing_blanks_is_kept() -> None:
@@ -92,8 +142,10 @@ def test_plain_text_with_angle_brackets_and_trailing_blanks_is_kept() -> None:
 def test_a_valid_call_next_to_a_malformed_one() -> None:
     output = ('<tool_call>{"name": "Other"}</tool_call>'
               '<tool_call>{"name": "HassTurnOn", "arguments": {}}</tool_call>')
-    _, text, calls = run_filter([output])
-    assert text == '<tool_call>{"name": "Other"}</tool_call>' and calls == [("HassTurnOn", {})]
+    _, text, calls, invalid = run_filter_all([output])
+    assert text == "" and calls == [("HassTurnOn", {})]
+    assert invalid == [('<tool_call>{"name": "Other"}</tool_call>',
+                        "unknown function 'Other' (not in the request's tools)")]
 
 
 _OUTPUTS = [
@@ -102,19 +154,23 @@ _OUTPUTS = [
     '<tool_call>{"name": "Nope", "arguments": {}}</tool_call><tool_call>{"name": "HassTurnOn"}'
     "</tool_call><tool",
     "a <b> </tool_call> <function <function=x <tool_call",
+    'say <tool_call>{"name":"HassTurnOn","arguments":{bad}}</tool_call> \n done <tool_call',
+    '<function=no><parameter=n>1</parameter></function> x <tool_call>{"name": "HassTurnOn"}',
 ]
 
 
 @pytest.mark.parametrize("output", _OUTPUTS)
 def test_how_the_output_is_cut_into_tokens_changes_nothing(output: str) -> None:
     """Every single cut, every pair of cuts and every fixed token size give the same result."""
-    whole = run_filter([output])[1:]
+    whole = run_filter_all([output])[1:]
     n = len(output)
     splits = [[output[:i], output[i:]] for i in range(n + 1)]
     splits += [[output[:i], output[i:j], output[j:]] for i in range(n) for j in range(i, n, 5)]
     splits += [[output[i:i + k] for i in range(0, n, k)] for k in range(1, 13)]
     for pieces in splits:
-        assert run_filter(pieces)[1:] == whole, pieces
+        released, *rest = run_filter_all(pieces)
+        assert tuple(rest) == whole, pieces
+        assert not any(tag in "".join(released) for tag in ("<tool_call>", "<function=")), pieces
 
 
 def test_odd_schemas_do_not_break_the_parser() -> None:
