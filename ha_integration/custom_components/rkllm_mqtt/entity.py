@@ -48,11 +48,14 @@ def agent_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.Device
         model="Conversation agent",
         entry_type=dr.DeviceEntryType.SERVICE,
     )
+    # Only a device that exists: some releases report a via_device that does not.
     node_id = entry.data[CONF_NODE_ID]
-    if not LINKS_BY_DEVICE_ID:
-        info["via_device"] = mqtt_device_identifier(node_id)  # type: ignore[typeddict-unknown-key]
-    elif daemon_device := find_daemon_device(hass, node_id):
+    if (daemon_device := find_daemon_device(hass, node_id)) is None:
+        return info
+    if LINKS_BY_DEVICE_ID:
         info["via_device_id"] = daemon_device.id
+    else:
+        info["via_device"] = mqtt_device_identifier(node_id)  # type: ignore[typeddict-unknown-key]
     return info
 
 
