@@ -98,7 +98,8 @@ build() {
     # in use now).
     local old
     for old in "$CACHE_ROOT"/ha2026-*; do
-        if [[ "$old" != "$ROOT" && -d "$old" ]] && ! find "$old/.rkllm-last-used" -mtime -2 2>/dev/null | grep -q .; then
+        if [[ "$old" != "$ROOT" && -d "$old" ]] \
+                && ! find "$old" -maxdepth 1 -name '.rkllm-*' -mtime -2 2>/dev/null | grep -q .; then
             rm -rf "$old"
         fi
     done
