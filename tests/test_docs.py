@@ -47,8 +47,6 @@ def test_every_name_in_the_architecture_page_exists(dotted: str):
 
 # Documents the team keeps outside the repository; the code and docs cite public sources instead.
 OUTSIDE = re.compile(r"design\.md|rkllm-api\.md|ha-mqtt\.md|peers\.md|reference/|\bfamil(?:y|ies) [A-F]\b")
-# The Home Assistant tier's files are checked once their own cleanup lands (issue #8).
-NOT_YET = ("ha_integration/", "tests/ha/")
 
 
 def test_no_file_cites_a_document_outside_the_repository():
@@ -57,7 +55,7 @@ def test_no_file_cites_a_document_outside_the_repository():
     cited = []
     for name in files:
         path = REPO / name
-        if name.startswith(NOT_YET) or name == "tests/test_docs.py" or not path.is_file():
+        if name == "tests/test_docs.py" or not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")
