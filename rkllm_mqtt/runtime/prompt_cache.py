@@ -63,10 +63,12 @@ class Prefix:
     def from_json(cls, data: Any) -> Prefix | None:
         if not isinstance(data, dict) or not isinstance(data.get("system"), str):
             return None
-        optional = [data.get(k) for k in ("prompt_prefix", "prompt_postfix", "tools")]
-        if any(v is not None and not isinstance(v, str) for v in optional):
+        optional = {k: data.get(k) for k in ("prompt_prefix", "prompt_postfix", "tools")}
+        if any(v is not None and not isinstance(v, str) for v in optional.values()):
             return None
-        return cls(data["system"], *optional, in_prompt=bool(data.get("in_prompt")))
+        return cls(data["system"], prompt_prefix=optional["prompt_prefix"],
+                   prompt_postfix=optional["prompt_postfix"], tools=optional["tools"],
+                   in_prompt=bool(data.get("in_prompt")))
 
 
 def _sha256(path: Path) -> str:
