@@ -18,6 +18,8 @@ Decisions (the README repeats them):
   told apart and it can be aborted; only client ids take part in duplicate detection.
 - The prompt size (prompt + messages + system, in characters) over `limits.max_prompt_chars` is
   `invalid_request`; `context_too_long` is kept for what the runtime itself refuses.
+- Function calling (`tools`, tool turns in `messages`, `tool_calls` in a final) is validated and
+  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`.
 - The MQTT 5 Response Topic property passes the same allow-list as the JSON `response_topic`; when
   both are given the JSON field wins, but a forbidden property is refused either way. Errors found
   before the target is known go to `~/response` (or to an allowed property topic) with id null.
@@ -54,15 +56,17 @@ from rkllm_mqtt.runtime.contract import (
     FinishReason,
     Message,
     Timing,
+    ToolCall,
     Usage,
 )
+from rkllm_mqtt.tool_requests import Tools, message_chars, parse_tools, tool_message
 
 MAX_ID_CHARS = 128
 MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
 MAX_TOPIC_LEVELS = 200
 _FORBIDDEN_IN_TOPIC = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
 MAX_STOP_SEQUENCES = 8
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 class Priority(StrEnum):
@@ -96,13 +100,24 @@ def _one_or_more(value: Any) -> Any:
 
 
 def _roles_message(value: Any) -> Any:
-    """`{"role", "content"}` objects become Messages; anything else fails on the item's index."""
+    """`{"role", "content"}` objects become Messages; anything else fails on the item's index.
+
+    Tool results and assistant turns with `tool_calls` have their own shape (tool_requests)."""
     if isinstance(value, list):
-        return tuple(Message(item["role"], item["content"])
-                     if isinstance(item, dict) and isinstance(item.get("role"), str)
-                     and item["role"] in ROLES and isinstance(item.get("content"), str)
-                     else _BadMessage() for item in value)
+        return tuple(_message(i, item) for i, item in enumerate(value))
     return value
+
+
+def _message(i: int, item: Any) -> Message | _BadMessage:
+    if not isinstance(item, dict) or not isinstance(item.get("role"), str) \
+            or item["role"] not in ROLES:
+        return _BadMessage()
+    if item["role"] == "tool" or (item["role"] == "assistant"
+                                  and item.get("tool_calls") not in (None, [])):
+        return tool_message(i, item)
+    if not isinstance(item.get("content"), str):
+        return _BadMessage()
+    return Message(item["role"], item["content"])
 
 
 class _BadMessage:
@@ -140,6 +155,7 @@ class Request(BaseModel):
     ttl_s: Annotated[float, Field(gt=0.0, le=FLOAT32_MAX)] | None = None
     stop: Annotated[tuple[_NonEmpty, ...], BeforeValidator(_one_or_more),
                     Field(max_length=MAX_STOP_SEQUENCES)] = ()
+    tools: Annotated[Tools | None, BeforeValidator(parse_tools)] = None
 
     _target: ReplyTarget = PrivateAttr()
     _client_id_given: bool = PrivateAttr(default=False)
@@ -169,7 +185,7 @@ class Request(BaseModel):
     @classmethod
     def _not_only_system(cls, value: tuple[Message, ...]) -> tuple[Message, ...]:
         if all(m.role == "system" for m in value):
-            raise ValueError("needs at least one user or assistant message")
+            raise ValueError("needs at least one user, assistant or tool message")
         return value
 
     @model_validator(mode="after")
@@ -254,10 +270,16 @@ def token_reply(target: ReplyTarget, seq: int, text: str) -> Outgoing:
 
 
 def final_ok(
-    target: ReplyTarget, text: str, finish_reason: FinishReason, usage: Usage, timing: Timing
+    target: ReplyTarget, text: str, finish_reason: FinishReason, usage: Usage, timing: Timing,
+    tool_calls: tuple[ToolCall, ...] = (),
 ) -> Outgoing:
-    return reply(target, type="final", status="ok", text=text, finish_reason=finish_reason,
-                 usage=usage, timing=timing)
+    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls")."""
+    fields: dict[str, Any] = {"type": "final", "status": "ok", "text": text,
+                              "finish_reason": finish_reason}
+    if tool_calls:
+        fields["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                for c in tool_calls]
+    return reply(target, **fields, usage=usage, timing=timing)
 
 
 def final_error(
@@ -386,7 +408,7 @@ def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) 
         if why is not None:
             raise RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
         target = ReplyTarget(target.id, request.response_topic, target.correlation_data)
-    size = (len(request.prompt or "") + sum(len(m.content) for m in request.messages)
+    size = (len(request.prompt or "") + sum(message_chars(m) for m in request.messages)
             + len(request.system or ""))
     _check_size(size, policy, target)
     return request.addressed(target, client_id_given=given)
@@ -414,7 +436,7 @@ def _rejection(err: ValidationError, obj: dict[str, Any], policy: RequestPolicy,
     return RequestRejected(ErrorCode.INVALID_REQUEST, _sentence(errors[0]), target)
 
 
-_MESSAGE_SHAPE = "must be {\"role\": system|user|assistant, \"content\": string}"
+_MESSAGE_SHAPE = "must be {\"role\": system|user|assistant|tool, \"content\": string}"
 _SENTENCES = {
     "string_type": "must be a string",
     "bool_type": "must be true or false",
@@ -430,6 +452,8 @@ def _sentence(error: ErrorDetails) -> str:
     if not loc:  # the model's own check
         return str(ctx.get("error", error["msg"]))
     name = str(loc[0])
+    if name in ("tools", "messages") and kind == "value_error":
+        return f"{name}{ctx.get('error', error['msg'])}"  # "[i]…: why" from tool_requests
     if name == "messages" and len(loc) > 1 and isinstance(loc[1], int):
         return f"messages[{loc[1]}]: {_MESSAGE_SHAPE}"
     if name == "messages" and kind in ("too_short", "tuple_type"):

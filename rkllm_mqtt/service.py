@@ -359,7 +359,9 @@ class Service:
             return
         request = job.request
         job.new_messages = self._conversations.new_part(request.conversation, job.new_messages)
-        plan = self._conversations.plan(request.conversation, job.new_messages, request.system)
+        tools = request.tools.json if request.tools is not None else None
+        plan = self._conversations.plan(request.conversation, job.new_messages, request.system,
+                                        tools)
         job.plan = plan
         job.started = now = time.monotonic()
         timeout_at = now + self.settings.queue.request_timeout_s
@@ -373,6 +375,7 @@ class Service:
             sampling=Sampling(top_k=request.top_k, top_p=request.top_p,
                               temperature=request.temperature),
             stop=request.stop,
+            tools_json=tools,
         )
         self._running = job
         self._state = "generating"
@@ -425,14 +428,17 @@ class Service:
                                timing=timing)
             return
         self._conversations.finished(request.conversation, job.new_messages,
-                                     plan.system if plan else request.system, event.text,
-                                     cache_exact=event.finish_reason != "stop_sequence")
+                                     plan.system if plan else request.system,
+                                     Message("assistant", event.text, tool_calls=event.tool_calls),
+                                     cache_exact=event.finish_reason != "stop_sequence",
+                                     tools=request.tools.json if request.tools else None)
         log.info("answered %r: %s, %d tokens, %.0f ms (queue %.0f ms)", target.id,
                  event.finish_reason, stats.completion_tokens, timing["total_ms"],
                  timing["queue_ms"])
         self._stats.tokens_per_second = timing["tokens_per_s"]
         self._stats.ttft_ms = timing["ttft_ms"]
-        self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing), target.id)
+        self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing,
+                                    event.tool_calls), target.id)
         self.outputs.last_response(target.id, event.text, event.finish_reason, usage, timing)
         self.outputs.completed(target.id, event.text, event.finish_reason, usage, timing)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 # The C types of rkllm.h's RKLLMParam / RKLLMInferParam / RKLLMSamplingParam fields (int32_t,
 # float): a value outside them would wrap or become inf in C, so config and requests stop there.
@@ -24,11 +24,23 @@ DEFAULT_MAX_PROMPT_CHARS = 16000
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the model made (a final reply's `tool_calls`, or an earlier turn's)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One chat turn; a request's `messages` and the runtime's prompt rendering use this type."""
 
-    role: str  # "system" | "user" | "assistant" from a request; the runtime also renders "tool"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None  # a tool result: the function that produced it
 
 
 class ErrorCode(StrEnum):
@@ -49,7 +61,8 @@ class ErrorCode(StrEnum):
 # Why the daemon asked a run to stop; a FinalEvent of an aborted run carries it as its reason.
 AbortReason = Literal["abort", "deadline"]
 # `finish_reason` of a final reply: how the run ended ("error" for a run that failed).
-FinishReason = Literal["stop", "length", "stop_sequence", "abort", "deadline", "error"]
+FinishReason = Literal["stop", "length", "stop_sequence", "tool_calls", "abort", "deadline",
+                       "error"]
 
 
 class Usage(TypedDict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, Message
+from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, Message, ToolCall
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     role: str = "user"
     enable_thinking: bool = False
+    # The functions the model may call: the OpenAI-form list as one JSON string, exactly what
+    # rkllm_set_function_tools receives on 1.2.1+ (and what is rendered into the system text before).
+    tools_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class FinalEvent:
     text: str
     finish_reason: FinishReason  # never "error": a failed run is an ErrorEvent
     stats: RunStats
+    tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls"
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ class PrefillState:
             return
         if path is not None:
             self.store.forget(prefix)
-        if fn.rkllm_load_prompt_cache is None:
+        if getattr(fn, "rkllm_load_prompt_cache", None) is None:
             return
         param = module.RKLLMPromptCacheParam()
         param.save_prompt_cache = 1
@@ -134,7 +134,7 @@ class PrefillState:
         run.save_param = param
 
     def _load(self, fn: Any, handle: LLMHandle, path: Path) -> bool:
-        if fn.rkllm_load_prompt_cache is None:
+        if getattr(fn, "rkllm_load_prompt_cache", None) is None:
             return False
         if self.loaded is not None:
             self._release(fn, handle)
@@ -145,7 +145,7 @@ class PrefillState:
         return True
 
     def _release(self, fn: Any, handle: LLMHandle) -> None:
-        if fn.rkllm_release_prompt_cache is not None:
+        if getattr(fn, "rkllm_release_prompt_cache", None) is not None:
             status = fn.rkllm_release_prompt_cache(handle)
             if status != 0:
                 log.warning("rkllm_release_prompt_cache returned %d", status)

@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -62,11 +62,11 @@ from rkllm_mqtt.runtime.prompt import (
     PromptPlan,
     Template,
     TemplateConfig,
-    plan_prompt,
-    render_messages,
+    plan_request,
 )
 from rkllm_mqtt.runtime.prompt_cache import Prefix, PromptCacheStore
 from rkllm_mqtt.runtime.stream import TextStream
+from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,12 @@ _ABORT_FROM_CALLBACK_WAIT_S = 1.0
 class _Run:
     """What the callback of one generation accumulates; read by the worker after rkllm_run."""
 
-    def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None]) -> None:
+    def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None],
+                 tools_json: str | None = None) -> None:
         self.stream = TextStream(stop)
+        # With tools, text passes the markup filter after the stop sequences: tool calls are
+        # taken out before anything reaches a token event.
+        self.tools = ToolCallFilter(ToolSet.from_json(tools_json)) if tools_json else None
         self.emit = emit
         self.limit: int | None = None  # tokens after which we abort (families without native cap)
         self.length_cap: int | None = None  # reaching it means finish_reason "length"
@@ -96,6 +100,20 @@ class _Run:
         self.abort_before_callback = False
         self.lock = threading.Lock()
 
+    @property
+    def text(self) -> str:
+        return self.tools.text if self.tools is not None else self.stream.text
+
+    def feed(self, data: bytes) -> str:
+        piece = self.stream.feed(data)
+        return self.tools.feed(piece) if self.tools is not None and piece else piece
+
+    def finish(self, *, complete: bool) -> str:
+        tail = self.stream.finish(complete=complete)
+        if self.tools is None:
+            return tail
+        return self.tools.feed(tail) + self.tools.finish()
+
 
 class Generation:
     """A queued or running request; iterate it for events or wait for `result()`."""
@@ -106,7 +124,7 @@ class Generation:
         self._session = session
         self._plan = plan
         self._sink = sink
-        self._run = _Run(request.stop, self._emit)
+        self._run = _Run(request.stop, self._emit, request.tools_json)
         self._state = _QUEUED  # guarded by session._lock
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._done = threading.Event()
@@ -180,6 +198,7 @@ class Session:
         self._running: Generation | None = None
         self._template_now: Template | None = None  # what the library currently has
         self._prefill = PrefillState(None, kv_history=False)  # replaced once the handle exists
+        self._tools_now: tuple[str, str] | None = None  # last rkllm_set_function_tools arguments
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
         self._callback_struct: Any = None
@@ -268,33 +287,42 @@ class Session:
         messages = request.messages
         if request.prompt is not None:
             messages = (*messages, Message("user", request.prompt))
-        system, prompt = render_messages(messages, request.system)
-        plan = plan_prompt(
-            self._templates, system, prompt,
+        plan = plan_request(
+            self._templates, messages, request.system,
             native_template=self.abi != "1.1",
+            native_tools=self.native_tools,
+            tools_json=request.tools_json,
+            continues=request.continues_history and request.keep_history,
         )
-        continues = request.continues_history and request.keep_history
-        if continues:
-            plan = PromptPlan(prompt, plan.template)
         with self._lock:
             if self._closed:
                 raise RuntimeRunError("the RKLLM session is closed")
             if self._thread is None:
                 raise RuntimeRunError("the RKLLM session is not open")
             generation = Generation(self, request, plan, sink)
-            generation._prefix = self._prefix_of(plan, system, continues)
+            generation._prefix = self._prefix_of(plan, messages, request)
             self._jobs.put(generation)
         return generation
 
-    def _prefix_of(self, plan: PromptPlan, system: str | None, continues: bool) -> Prefix | None:
+    @property
+    def native_tools(self) -> bool:
+        """1.2.1+: the library takes the tools itself (rkllm_set_function_tools, role "tool")."""
+        return self._lib is not None and getattr(self._api, "rkllm_set_function_tools", None) is not None
+
+    def _prefix_of(self, plan: PromptPlan, messages: Sequence[Message],
+                   request: GenerationRequest) -> Prefix | None:
         """The part of this run's context that other conversations can share."""
+        if plan.function_tools is not None:  # 1.2.1+: rkllm_set_function_tools holds it
+            return Prefix(plan.function_tools[0], tools=plan.function_tools[1])
         template = plan.template or (self._templates.native() if self.abi != "1.1" else None)
         if template is not None:
             return Prefix(template.system_prompt, template.prompt_prefix, template.prompt_postfix)
-        system = system or self._templates.system_prompt
-        if continues or not system:
+        parts = [request.system or ""] + [m.content for m in messages if m.role == "system"]
+        system = "\n\n".join(p for p in parts if p) or self._templates.system_prompt
+        if (request.continues_history and request.keep_history) or not system:
             return None
-        return Prefix(system, in_prompt=True)  # travels at the start of the prompt text
+        # It travels at the start of the prompt text: only a prompt cache file can spare it.
+        return Prefix(system, tools=request.tools_json, in_prompt=True)
 
     def clear(self, keep_system_prompt: bool = True) -> None:
         """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API).
@@ -474,6 +502,27 @@ class Session:
         self._template_now = template if status == 0 else None
         return status
 
+    def _set_function_tools(self, tools: tuple[str, str] | None) -> int:
+        """rkllm_set_function_tools, only when the system text or the tools changed (the KV cache
+        holds them). A run without tools after one with tools sets an empty list ("[]"), so the
+        model is not offered functions the request did not give."""
+        if tools is None:
+            if self._tools_now is None:
+                return 0
+            tools = ("", "[]")
+        if tools == self._tools_now:
+            return 0
+        system_prompt, tools_json = tools
+        set_function_tools = getattr(self._api, "rkllm_set_function_tools", None)
+        if set_function_tools is None:
+            return -1
+        status = set_function_tools(
+            self._live, c_string(system_prompt), c_string(tools_json),
+            c_string(TOOL_RESPONSE_TAG))
+        self._prefill.system_changed()  # the system prompt the KV cache holds is another now
+        self._tools_now = (None if tools_json == "[]" else tools) if status == 0 else None
+        return status
+
     def _execute(self, generation: Generation) -> None:
         with self._lock:
             if generation._state != _QUEUED:  # aborted while it waited
@@ -489,7 +538,7 @@ class Session:
         except Exception as err:  # turn a bug into an error reply, keep serving
             log.exception("RKLLM generation failed")
             outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, f"internal error: {err}",
-                                 generation._run.stream.text)
+                                 generation._run.text)
         with self._lock:
             generation._state = _DONE
             self._running = None
@@ -505,13 +554,17 @@ class Session:
             status = self._set_template(wanted)
             if status != 0:
                 return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_chat_template failed ({status})")
+        if self.native_tools:
+            status = self._set_function_tools(plan.function_tools)
+            if status != 0:
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_function_tools failed ({status})")
 
         # The template stays set after the run: putting another one back would make the next
         # run with this system prompt recompute it (and drop the turns the cache holds).
         cache = self._prefill.before_run(self._api, self._live, module, generation._prefix,
                                          plan.text)
         prompt = c_string(plan.text)
-        role = c_string(request.role)
+        role = c_string(plan.role if plan.role != "user" else request.role)
         rkllm_input = build_input(module, prompt, role, request.enable_thinking)
         native_sampling = has_field(module.RKLLMInferParam, "sampling_params")
         sampling = (
@@ -560,10 +613,13 @@ class Session:
             generated=run.tokens,
         )
         capped = bool(run.length_cap and run.tokens >= run.length_cap)
-        tail = run.stream.finish(complete=run.stop_reason is None and not failed and not capped)
+        tail = run.finish(complete=run.stop_reason is None and not failed and not capped)
         if tail:
             generation._emit(TokenEvent(tail))
-        text = run.stream.text
+        text = run.text
+        calls = tuple(run.tools.calls) if run.tools is not None else ()
+        if run.stop_reason in (None, "stop_sequence") and not failed and calls:
+            return FinalEvent(text, "tool_calls", self._stats(run, ended, count), calls)
         if run.stop_reason is not None:
             return FinalEvent(text, run.stop_reason, self._stats(run, ended, count))
         if failed:
@@ -698,7 +754,7 @@ class Session:
             run.last_token = now
             if run.first_token is None:
                 run.first_token = now
-            piece = run.stream.feed(data)
+            piece = run.feed(data)
             if piece:
                 run.emit(TokenEvent(piece))
             if run.stream.stopped:

@@ -26,10 +26,12 @@ def test_system_messages_join_the_system_text() -> None:
 
 
 def test_several_turns_become_a_transcript() -> None:
+    """Tool results keep the <tool_response> markup of Qwen's template inside a transcript."""
     messages = [Message("user", "Hi"), Message("assistant", "Hello!"),
                 Message("tool", "22 °C"), Message("user", "Thanks")]
     assert render_messages(messages, None) == (
-        None, "User: Hi\nAssistant: Hello!\nTool: 22 °C\nUser: Thanks")
+        None, "User: Hi\nAssistant: Hello!\nTool: <tool_response>\n22 °C\n</tool_response>\n"
+              "User: Thanks")
 
 
 def test_nothing_to_ask_is_an_error() -> None:
