@@ -69,7 +69,8 @@ class Usage(TypedDict):
     """`prompt_tokens` = `cached_tokens` + `prefill_tokens`: the run's whole context, what the KV
     cache or a prompt cache file already held, and what the NPU prefilled. `tokens_source` says
     where the counts come from: "runtime" (RKLLMPerfStat.prefill_tokens and
-    rkllm_get_kv_cache_size, 1.2.1+) or "estimate" (the daemon's 4 bytes per token)."""
+    rkllm_get_kv_cache_size, 1.2.1+), "estimate" (the daemon's 4 bytes per token) or "mixed"
+    (the runtime's prefill count, the daemon's estimate of what a prompt cache file supplied)."""
 
     prompt_tokens: int | None
     completion_tokens: int

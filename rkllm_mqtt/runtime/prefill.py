@@ -23,7 +23,9 @@ The mechanisms by family (rkllm.h of each release; RKLLM SDK manual of release-v
 Counting: RKLLMPerfStat.prefill_tokens (1.2.1+) is the runtime's count of what it prefilled;
 rkllm_get_kv_cache_size (1.2.1+) the positions it holds, so after a keep_history run
 `prompt = size - generated` and `cached = prompt - prefilled`. Without those (1.1, 1.2.0) the
-daemon estimates one token per 4 bytes of UTF-8 and says so (`tokens_source: "estimate"`).
+daemon estimates one token per 4 bytes of UTF-8 and says so (`tokens_source: "estimate"`); a run
+without keep_history that reused a prompt cache file has the runtime's prefill count and an
+estimated cache count (`"mixed"`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rkllm_mqtt.runtime.common import LLMHandle
+from rkllm_mqtt.runtime.common import LLMHandle, RKLLMPromptCacheParam
 from rkllm_mqtt.runtime.prompt_cache import Prefix, PromptCacheStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class PrefillCount:
     prompt_tokens: int | None
     prefill_tokens: int | None
     cached_tokens: int | None
-    source: str  # "runtime" | "estimate"
+    source: str  # "runtime" | "estimate" | "mixed" (runtime prefill, estimated cache)
 
 
 @dataclass
@@ -128,7 +130,7 @@ class PrefillState:
             self.store.forget(prefix)
         if getattr(fn, "rkllm_load_prompt_cache", None) is None:
             return
-        param = module.RKLLMPromptCacheParam()
+        param = RKLLMPromptCacheParam()  # the same struct in every family since 1.1.0
         param.save_prompt_cache = 1
         param.prompt_cache_path = str(self.store.temporary_path(prefix)).encode()
         run.save_param = param
@@ -177,6 +179,9 @@ class PrefillState:
             prompt = max(kv_after - generated, perf_prefill)
             return PrefillCount(prompt, perf_prefill, prompt - perf_prefill, "runtime")
         if perf_prefill is not None and run.kv_before is not None:
+            if run.kv_before == 0 and run.estimate_cached > 0:  # from the prompt cache file
+                return PrefillCount(run.estimate_cached + perf_prefill, perf_prefill,
+                                    run.estimate_cached, "mixed")
             return PrefillCount(run.kv_before + perf_prefill, perf_prefill, run.kv_before,
                                 "runtime")
         prompt = run.estimate_cached + run.estimate_prefill
