@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # HA imports `custom_components` with phacc's testing_config first on sys.path, and that copy is a
 # regular package that would hide ours (which has no __init__.py, like a user's config dir). Importing
-# it now, with our folder first, puts ours in sys.modules before HA looks (reference/ha-mqtt.md §4.5.2).
+# it now, with our folder first, puts ours in sys.modules before HA looks.
 sys.path.insert(0, str(REPO_ROOT / "ha_integration"))
 import custom_components  # noqa: E402
 
@@ -156,14 +156,20 @@ def start_daemon(mqtt_broker: Broker, tmp_path: Path) -> Iterator[Callable[..., 
         watcher.close()
 
 
-async def setup_entry(hass: HomeAssistant, node_id: str = NODE_ID, **options: object) -> MockConfigEntry:
-    """A config entry for `node_id`, set up, with its subscriptions at the broker."""
+async def setup_entry(
+    hass: HomeAssistant, node_id: str = NODE_ID, *, base_topic: str = BASE_TOPIC, **options: object
+) -> MockConfigEntry:
+    """A config entry for `node_id` (of this release's version), set up, with its subscriptions at
+    the broker."""
+    flow = rkllm_config_flow.RkllmConfigFlow
     entry = MockConfigEntry(
         domain=DOMAIN,
         title=f"RKLLM {node_id}",
-        unique_id=f"{BASE_TOPIC}/{node_id}",
-        data={CONF_BASE_TOPIC: BASE_TOPIC, CONF_NODE_ID: node_id},
+        unique_id=f"{base_topic}/{node_id}",
+        data={CONF_BASE_TOPIC: base_topic, CONF_NODE_ID: node_id},
         options=options,
+        version=flow.VERSION,
+        minor_version=flow.MINOR_VERSION,
     )
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
