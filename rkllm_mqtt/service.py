@@ -55,6 +55,7 @@ from rkllm_mqtt.runtime.contract import (
     ErrorCode,
     FinishReason,
     Message,
+    StateLimits,
     StateName,
     StatePayload,
     Timing,
@@ -479,9 +480,17 @@ class Service:
             "requests_total": self._stats.requests_total,
             "errors_total": self._stats.errors_total,
             # What a client must stay within, so it can cut a chat before the daemon refuses it.
-            "limits": {"max_prompt_chars": self.policy.max_prompt_chars,
-                       "max_payload_bytes": self.policy.max_payload_bytes},
+            "limits": self._limits(),
         }
+
+    def _limits(self) -> StateLimits:
+        limits: StateLimits = {"max_prompt_chars": self.policy.max_prompt_chars,
+                               "max_payload_bytes": self.policy.max_payload_bytes}
+        # The runtime's context in tokens (system prompt, history, turn and answer together), so
+        # a client can cut history before a context_too_long; absent when the library decides.
+        if self.settings.runtime.max_context_len:
+            limits["max_context_tokens"] = self.settings.runtime.max_context_len
+        return limits
 
     def _publish_state(self, *, force: bool = False) -> None:
         self.outputs.state(self.state_payload(), force=force)

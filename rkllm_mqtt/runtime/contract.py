@@ -89,6 +89,14 @@ class Timing(TypedDict):
 StateName = Literal["loading", "idle", "generating", "error"]
 
 
+class StateLimits(TypedDict):
+    """What a request must stay within (`limits.*` config; the runtime's context, when set)."""
+
+    max_prompt_chars: int
+    max_payload_bytes: int
+    max_context_tokens: NotRequired[int]
+
+
 class StatePayload(TypedDict):
     """The retained `~/state` JSON."""
 
@@ -102,3 +110,4 @@ class StatePayload(TypedDict):
     ttft_ms: float | None
     requests_total: int
     errors_total: int
+    limits: StateLimits
