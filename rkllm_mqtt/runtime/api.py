@@ -15,7 +15,7 @@ None for a NULL pointer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ctypes import c_void_p
 from typing import Any, Protocol
 
@@ -84,7 +84,8 @@ class RkllmApi(Protocol):
     @property
     def rkllm_get_kv_cache_size(self) -> BoundFunction | None: ...
 
-    # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt, const char* tools,
-    #                              const char* tool_response_str);   (1.2.1+)
+    # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt,
+    #                              const char* tools, const char* tool_response_str);
+    # (1.2.1+; absent or None where the family or a trimmed library lacks it)
     @property
-    def rkllm_set_function_tools(self) -> BoundFunction | None: ...
+    def rkllm_set_function_tools(self) -> Callable[[LLMHandle, bytes, bytes, bytes], int] | None: ...

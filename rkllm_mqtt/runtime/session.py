@@ -308,7 +308,8 @@ class Session:
     @property
     def native_tools(self) -> bool:
         """1.2.1+: the library takes the tools itself (rkllm_set_function_tools, role "tool")."""
-        return self._lib is not None and getattr(self._api, "rkllm_set_function_tools", None) is not None
+        return (self._lib is not None
+                and getattr(self._api, "rkllm_set_function_tools", None) is not None)
 
     def _prefix_of(self, plan: PromptPlan, messages: Sequence[Message],
                    request: GenerationRequest) -> Prefix | None:
@@ -514,12 +515,10 @@ class Session:
         if tools == self._tools_now:
             return 0
         system_prompt, tools_json = tools
-        set_function_tools = getattr(self._api, "rkllm_set_function_tools", None)
-        if set_function_tools is None:
-            return -1
-        status = set_function_tools(
-            self._live, c_string(system_prompt), c_string(tools_json),
-            c_string(TOOL_RESPONSE_TAG))
+        set_function_tools = self._api.rkllm_set_function_tools
+        assert set_function_tools is not None  # only called when native_tools
+        status = set_function_tools(self._live, c_string(system_prompt), c_string(tools_json),
+                                    c_string(TOOL_RESPONSE_TAG))
         self._prefill.system_changed()  # the system prompt the KV cache holds is another now
         self._tools_now = (None if tools_json == "[]" else tools) if status == 0 else None
         return status

@@ -1039,6 +1039,15 @@ static const char *sim_last(const char *s, const char *needle) {
     return last;
 }
 
+#if !SIM_HAS_1_2_1
+/* The last complete "<tools>...</tools>" block of s (a malloc'd copy), or NULL. */
+static char *sim_tools_block(const char *s) {
+    const char *start = s ? sim_last(s, "<tools>") : NULL;
+    const char *end = start ? strstr(start, "</tools>") : NULL;
+    return end ? strndup(start, (size_t)(end - start)) : NULL;
+}
+#endif
+
 /* The tools the model sees (a malloc'd copy), or NULL. */
 static char *sim_tools_text(SimHandle *h, const char *prompt) {
     char *text = NULL;
@@ -1048,17 +1057,11 @@ static char *sim_tools_text(SimHandle *h, const char *prompt) {
     if (h->has_tools && h->tools_json && strcmp(h->tools_json, "[]") != 0)
         text = strdup(h->tools_json);
 #else
-    const char *where = strstr(prompt, "<tools>") ? prompt : NULL;
+    text = sim_tools_block(prompt);
 #if SIM_HAS_1_2_0
-    if (!where && h->has_template && h->tpl_system && strstr(h->tpl_system, "<tools>"))
-        where = h->tpl_system;
-    for (size_t i = h->history_len; !where && i > 0; i--)
-        if (strstr(h->history[i - 1], "<tools>")) where = h->history[i - 1];
+    if (!text && h->has_template) text = sim_tools_block(h->tpl_system);
+    for (size_t i = h->history_len; !text && i > 0; i--) text = sim_tools_block(h->history[i - 1]);
 #endif
-    if (where) {
-        const char *start = sim_last(where, "<tools>"), *end = strstr(start, "</tools>");
-        text = end ? strndup(start, (size_t)(end - start)) : NULL;
-    }
 #endif
     pthread_mutex_unlock(&h->mu);
     return text;

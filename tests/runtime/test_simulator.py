@@ -27,6 +27,7 @@ from rkllm_mqtt.simulator import (
     build_simulator,
     expected_answer,
     expected_tokens,
+    expected_tool_call,
     sim_model_file,
 )
 from rkllm_mqtt.simulator import build as sim_build
@@ -1234,3 +1235,72 @@ def test_sim_model_file_is_written_once(tmp_path: Path) -> None:
     assert path.stat().st_size > 0
     assert sim_model_file(tmp_path) == path
     assert path.stat().st_mtime_ns == stamp
+
+
+# --------------------------------------------------------------------------------------------- #
+# Function calling: where each family's model sees the tools, and the split call it answers with
+
+SIM_TOOLS = json.dumps([
+    {"type": "function", "function": {"name": "intent__HassTurnOn", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "GetTime", "parameters": {"type": "object"}}},
+])
+HERMES_BLOCK = "# Tools\n<tools>\n" + "\n".join(
+    json.dumps(t) for t in json.loads(SIM_TOOLS)) + "\n</tools>\n"
+
+
+def _chunks(text: str) -> list[bytes]:
+    data = text.encode()
+    return [data[i:i + 3] for i in range(0, len(data), 3)]
+
+
+@_only("1.2", "1.3")
+def test_set_function_tools_makes_turn_on_a_split_tool_call(sim: Sim) -> None:
+    assert sim.lib.rkllm_set_function_tools(sim.handle, b"sys", SIM_TOOLS.encode(),
+                                            b"tool_response") == 0
+    assert sim.run(b"Please turn on the Kitchen Light!") == 0
+    call = expected_tool_call("intent__HassTurnOn", "Kitchen Light")
+    assert sim.texts() == _chunks(call) and len(sim.texts()) > 10
+    assert sim.inspect()["run"]["tool_call"] == "intent__HassTurnOn"
+    sim.events.clear()
+    assert sim.run(b"What does GetTime say? [sim:tool_xml]") == 0  # named: no arguments
+    assert b"".join(sim.texts()).decode() == expected_tool_call("GetTime", xml=True)
+    sim.events.clear()
+    assert sim.run(b'[{"success": true}]', role=b"tool") == 0  # a result: answered in text
+    assert b"".join(sim.texts()).decode() == expected_answer('[{"success": true}]')
+    assert sim.inspect()["run"]["tool_call"] is None
+
+
+@_only("1.2", "1.3")
+def test_on_1_2_1_tools_in_the_text_or_an_empty_list_are_no_tools(sim: Sim) -> None:
+    assert sim.run(f"{HERMES_BLOCK}turn on the lamp".encode()) == 0
+    assert sim.inspect()["run"]["tool_call"] is None
+    assert sim.lib.rkllm_set_function_tools(sim.handle, b"", b"[]", b"tool_response") == 0
+    sim.events.clear()
+    assert sim.run(b"turn on the lamp") == 0
+    assert b"".join(sim.texts()).decode() == expected_answer("turn on the lamp")
+
+
+@_only("1.1", "1.2.0")
+def test_before_1_2_1_the_tools_are_read_from_the_text(sim: Sim) -> None:
+    assert sim.run(f"{HERMES_BLOCK}turn off the porch. [sim:echo]".encode()) == 0
+    assert sim.inspect()["run"]["tool_call"] is None  # [sim:echo]
+    sim.events.clear()
+    assert sim.run(f"{HERMES_BLOCK}turn on the porch.".encode()) == 0
+    assert b"".join(sim.texts()).decode() == expected_tool_call("intent__HassTurnOn", "porch")
+    sim.events.clear()
+    reply = f"{HERMES_BLOCK}User: turn on the porch\n<tool_response>\nok\n</tool_response>"
+    assert sim.run(reply.encode()) == 0  # ends in a result: answered in text
+    assert sim.inspect()["run"]["tool_call"] is None
+
+
+@_only("1.2.0")
+def test_1_2_0_reads_the_tools_from_the_template_and_the_kv_cache(sim: Sim) -> None:
+    assert sim.lib.rkllm_set_chat_template(sim.handle, HERMES_BLOCK.encode(), b"<u>", b"</u>") == 0
+    assert sim.run(b"turn on the hall") == 0
+    assert sim.inspect()["run"]["tool_call"] == "intent__HassTurnOn"
+    assert sim.lib.rkllm_set_chat_template(sim.handle, b"", b"<u>", b"</u>") == 0
+    assert sim.run(f"{HERMES_BLOCK}hello".encode(), keep_history=1) == 0
+    sim.events.clear()
+    assert sim.run(b"turn on the hall", keep_history=1) == 0  # the tools are in the cache
+    assert b"".join(sim.texts()).decode() == expected_tool_call("intent__HassTurnOn", "hall")
