@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 # The ctypes mirror and its fixtures come from test_simulator (imported fixtures are fixtures here).
-from test_simulator import Sim, _only, abi, libs, make_sim, model, sim, sim_cache  # noqa: F401
+from test_simulator import Sim, _only, abi, make_sim, sim  # noqa: F401
 
 SYSTEM = b"You are the voice of a house. " * 40  # 1200 bytes = 300 tokens
 TOOLS = b'[{"type": "function", "function": {"name": "HassTurnOn"}}]'
