@@ -8,12 +8,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
-<<<<<<< HEAD
-	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
-=======
-	@echo "make test   - lint, the daemon/runtime tests (real Mosquitto, real simulator), both Home Assistant tiers"
+	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), both Home Assistant tiers"
 	@echo "make hacs   - the HACS repository tree of the integration, in build/hacs"
->>>>>>> ha
 	@echo "make bench  - the performance budgets in benchmarks/"
 
 venv: $(BIN)/.installed

@@ -436,37 +436,43 @@ class Session:
 
         Only the files of this model and runtime version count; with `runtime.prefill_at_start`
         a prefix without a usable file (or the configured system prompt) is prefilled now, with
-        a one-token run that also saves its file.
+        a one-token run that also saves its file. A failure here costs the warm start, never the
+        start.
         """
         store = self._prefill.store
         if store is None:
             return
-        prefix = store.last_used()
-        if prefix is None and self.settings.prefill_at_start and self._templates.system_prompt:
-            configured = self._templates.native() if self.abi != "1.1" else None
-            prefix = (Prefix(configured.system_prompt, configured.prompt_prefix,
-                             configured.prompt_postfix) if configured is not None
-                      else Prefix(self._templates.system_prompt, in_prompt=True))
-        if prefix is None:
-            return
-        if not prefix.in_prompt and self.abi != "1.1":
-            template = Template(prefix.system, prefix.prompt_prefix or "", prefix.prompt_postfix or "")
-            if template != self._template_now and self._set_template(template) != 0:
+        try:
+            prefix = store.last_used()
+            if prefix is None and self.settings.prefill_at_start and self._templates.system_prompt:
+                configured = self._templates.native() if self.abi != "1.1" else None
+                prefix = (Prefix(configured.system_prompt, configured.prompt_prefix,
+                                 configured.prompt_postfix) if configured is not None
+                          else Prefix(self._templates.system_prompt, in_prompt=True))
+            if prefix is None:
                 return
-        path = store.valid(prefix)
-        if path is not None and self._prefill._load(self._api, self._live, path):
-            self._prefill.loaded = prefix
-            log.info("warm start: prompt cache %s loaded", path.name)
-            return
-        if path is not None:
-            store.forget(prefix)
-        if self.settings.prefill_at_start:
-            self._prime(prefix)
+            path = store.valid(prefix)
+            if path is not None and self._prefill._load(self._api, self._live, path):
+                self._prefill.loaded = prefix
+                log.info("warm start: prompt cache %s loaded", path.name)
+                return
+            if path is not None:
+                store.forget(prefix)
+            if self.settings.prefill_at_start:
+                self._prime(prefix)
+        except (OSError, RuntimeRunError) as err:
+            log.warning("warm start skipped: %s", err)
 
     def _prime(self, prefix: Prefix) -> None:
-        request = GenerationRequest(prompt="", max_new_tokens=1)
-        text = f"{prefix.system}\n\n" if prefix.in_prompt else ""
-        generation = Generation(self, request, PromptPlan(text, None), None)
+        """A one-token run with nothing after the prefix, set up as a request with it would be."""
+        if prefix.in_prompt or self.abi == "1.1":
+            plan = PromptPlan(f"{prefix.system}\n\n", None)
+        elif prefix.tools is not None and self.native_tools:
+            plan = PromptPlan("", None, function_tools=(prefix.system, prefix.tools))
+        else:
+            plan = PromptPlan("", Template(prefix.system, prefix.prompt_prefix or "",
+                                           prefix.prompt_postfix or ""))
+        generation = Generation(self, GenerationRequest(prompt="", max_new_tokens=1), plan, None)
         generation._prefix = prefix
         generation._state = _RUNNING
         outcome = self._run_generation(generation)

@@ -153,3 +153,30 @@ def test_the_store_ignores_other_models_and_runtime_versions(tmp_path: Path) -> 
     assert a.valid(prefix) is not None and a.last_used() == prefix
     assert b.valid(prefix) is None and b.last_used() is None
     assert a.path_for(prefix) != b.path_for(prefix)
+
+
+def test_prefill_at_start_primes_a_prefix_with_tools_through_set_function_tools(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    settings_for: Callable[..., Any], tmp_path: Path,
+) -> None:
+    tools = json.dumps([{"type": "function", "function": {"name": "HassTurnOn"}}])
+    keys = {"prompt_cache_dir": str(tmp_path / "cache"), "prefill_at_start": True}
+    # A file the sidecar vouches for but the runtime refuses: dropped, and the prefix primed.
+    first = open_session("1.3", **keys)
+    store = first._prefill.store
+    assert store is not None
+    prefix = Prefix(SYSTEM, tools=tools)
+    store.temporary_path(prefix).write_bytes(b"RKLLMSIM-PROMPT-CACHE 1 abi=1.2\nforeign")
+    assert store.commit(prefix) is not None
+    first.close()
+
+    second = open_session("1.3", **keys)
+    record = inspect(second)
+    assert record["run"]["count"] == 1 and record["prompt_cache"]["saves"] == 1
+    assert record["function_tools"]["system_prompt"] == SYSTEM
+    assert record["function_tools"]["tools"] == tools
+    final = second.generate(GenerationRequest(prompt="hello", system=SYSTEM, tools_json=tools)
+                            ).result(WAIT_S)
+    assert isinstance(final, FinalEvent)
+    assert final.stats.prefill_tokens is not None and final.stats.prefill_tokens <= 5
+    assert inspect(second)["function_tools"]["calls"] == 1  # not set again for the request
