@@ -38,8 +38,9 @@ def inspect(svc: Any) -> dict[str, Any]:
 @pytest.fixture
 def on_family(broker, daemon):
     def start(abi: str, **runtime: Any) -> Any:
-        keys = ({"library": str(build_simulator(abi)), "abi": abi, "max_context_len": 4096}
-                | TEMPLATE | runtime)
+        # In-process, so the test can read the simulator's record through the Session.
+        keys = ({"library": str(build_simulator(abi)), "abi": abi, "max_context_len": 4096,
+                 "isolation": "thread"} | TEMPLATE | runtime)
         return daemon(broker, runtime=keys)
     return start
 
