@@ -133,3 +133,13 @@ def test_context_too_long_says_by_how_much(broker, on_family, probe_factory):
     # and the daemon keeps serving
     probe.publish(svc.topics["prompt"], {"id": "short", "prompt": "hi"})
     assert probe.final("short")["status"] == "ok"
+
+
+def test_the_prefix_is_shared_with_the_runtime_in_a_child_process(broker, on_family, probe_factory):
+    svc = on_family("1.3", isolation="process")
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    first = _ask(probe, svc, "p1", "one", "hello")
+    second = _ask(probe, svc, "p2", "two", "hello again")
+    assert first["usage"]["cached_tokens"] == 0
+    assert second["usage"]["cached_tokens"] >= math.ceil(len(SYSTEM) / 4)
+    assert second["usage"]["prefill_tokens"] < 30 and second["usage"]["tokens_source"] == "runtime"
