@@ -161,12 +161,12 @@ class PrefillState:
     def after_run(self, fn: Any, handle: LLMHandle, run: RunCache, *, ok: bool,
                   keep_history: bool, perf_prefill: int | None, generated: int) -> PrefillCount:
         """Keep a saved file when the run succeeded; count what it prefilled."""
-        if run.save_param is not None and run.prefix is not None and self.store is not None:
-            path = self.store.commit(run.prefix) if ok else None
-            if path is None:
-                self.store.discard(run.prefix)
-            elif self._load(fn, handle, path):
-                self.loaded = run.prefix
+        # A saved file is kept for later, not loaded now: the KV cache holds the prefix (1.2.0+),
+        # and a run that starts without it loads the file first (before_run).
+        store, prefix = self.store, run.prefix
+        if (run.save_param is not None and store is not None and prefix is not None
+                and (not ok or store.commit(prefix) is None)):
+            store.discard(prefix)
         if run.prefix is not None and not run.prefix.in_prompt and self.kv_history:
             self.kv_prefix = run.prefix
         kv_after = self._kv_size(fn, handle)

@@ -95,7 +95,8 @@ def test_a_corrupt_file_is_deleted_and_rebuilt(
     assert inspect(second)["prompt_cache"]["loaded"] is None  # never handed to the runtime
     cold = _ask(second, "hello again")
     assert cold.stats.prefill_tokens is not None and cold.stats.prefill_tokens > 300
-    assert inspect(second)["prompt_cache"]["loaded"] == str(path)  # saved anew, then loaded
+    store = second._prefill.store
+    assert store is not None and store.valid(Prefix(SYSTEM, "<u>", "</u>")) == path  # saved anew
     assert foreign.read_text() == "not ours"
 
 
@@ -180,3 +181,19 @@ def test_prefill_at_start_primes_a_prefix_with_tools_through_set_function_tools(
     assert isinstance(final, FinalEvent)
     assert final.stats.prefill_tokens is not None and final.stats.prefill_tokens <= 5
     assert inspect(second)["function_tools"]["calls"] == 1  # not set again for the request
+
+
+@pytest.mark.parametrize("family", ["1.1", "1.2"])
+def test_switching_between_two_long_system_prompts_reuses_their_files(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str, tmp_path: Path,
+) -> None:
+    other = SYSTEM.replace("house", "boat")
+    session = open_session(family, **_keys(tmp_path))
+    _ask(session, "one")
+    _ask(session, "two", system=other)
+    back = _ask(session, "three")  # the cache holds the other prompt: this one comes from its file
+    run = inspect(session)["run"]
+    assert run["prompt_cache_tokens"] >= math.ceil(len(SYSTEM) / 4) - 1
+    assert back.stats.prefill_tokens is not None and back.stats.prefill_tokens <= 12
+    assert len(_cache_files(tmp_path)) == 2
