@@ -58,6 +58,10 @@ def simulator() -> Simulator:
     return Simulator(build_simulator(ABI), sim_model_file())
 
 
+def simulator_for(abi: str) -> Simulator:
+    return Simulator(build_simulator(abi), sim_model_file())
+
+
 @contextmanager
 def sim_env(**values: str) -> Iterator[None]:
     """The simulator's environment for the block (unlimited speed unless set), restored after."""
@@ -254,6 +258,14 @@ class Subscriber:
             self._finals[request_id].clear()
         t = now()
         self.client.publish(topic, payload, qos=1)
+        return t
+
+    def request_json(self, topic: str, payload: dict[str, Any]) -> float:
+        """Publish a whole JSON request (e.g. `messages` instead of `prompt`); the stamp as above."""
+        with self._lock:
+            self._finals[payload["id"]].clear()
+        t = now()
+        self.client.publish(topic, json.dumps(payload), qos=1)
         return t
 
     def wait_final(self, request_id: str, timeout: float) -> None:

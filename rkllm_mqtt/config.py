@@ -171,6 +171,14 @@ class RuntimeSettings(_Section):
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
     keep_history: bool = True
+    # Warm start: prompt cache files (RKLLMPromptCacheParam / rkllm_load_prompt_cache), one per
+    # model + runtime version + prefix, so the first turn after a restart does not prefill the
+    # system prompt and tools again. None = off. Bounded in files and size (least recently used go).
+    prompt_cache_dir: str | None = None
+    prompt_cache_max_files: int = Field(4, ge=1, le=1000)
+    prompt_cache_max_mb: int = Field(1024, ge=1, le=1_000_000)
+    # Prefill the last-used (or configured) prefix at start, before reporting ready.
+    prefill_at_start: bool = False
     # "thread": the runtime runs inside the daemon (smallest memory). "process": in a child process,
     # so a native crash costs one request (`runtime_crashed`) and a model reload, not the daemon.
     isolation: Literal["thread", "process"] = "thread"

@@ -59,6 +59,7 @@ from rkllm_mqtt.runtime.contract import (
     ErrorCode,
     FinishReason,
     Message,
+    StateLimits,
     StateName,
     StatePayload,
     Timing,
@@ -425,7 +426,10 @@ class Service:
             return
         stats = event.stats
         usage: Usage = {"prompt_tokens": stats.prompt_tokens,
-                        "completion_tokens": stats.completion_tokens}
+                        "completion_tokens": stats.completion_tokens,
+                        "prefill_tokens": stats.prefill_tokens,
+                        "cached_tokens": stats.cached_tokens,
+                        "tokens_source": stats.tokens_source}
         timing: Timing = {
             "queue_ms": _ms(job.started - job.received if job.started else 0.0),
             "ttft_ms": _round(stats.ttft_ms),
@@ -493,9 +497,17 @@ class Service:
             "requests_total": self._stats.requests_total,
             "errors_total": self._stats.errors_total,
             # What a client must stay within, so it can cut a chat before the daemon refuses it.
-            "limits": {"max_prompt_chars": self.policy.max_prompt_chars,
-                       "max_payload_bytes": self.policy.max_payload_bytes},
+            "limits": self._limits(),
         }
+
+    def _limits(self) -> StateLimits:
+        limits: StateLimits = {"max_prompt_chars": self.policy.max_prompt_chars,
+                               "max_payload_bytes": self.policy.max_payload_bytes}
+        # The runtime's context in tokens (system prompt, history, turn and answer together), so
+        # a client can cut history before a context_too_long; absent when the library decides.
+        if self.settings.runtime.max_context_len:
+            limits["max_context_tokens"] = self.settings.runtime.max_context_len
+        return limits
 
     def _publish_state(self, *, force: bool = False) -> None:
         self.outputs.state(self.state_payload(), force=force)

@@ -143,7 +143,9 @@ def _summary(final: dict[str, Any]) -> str:
     timing = final.get("timing") or {}
     parts = [f"finish: {final.get('finish_reason')}", f"{usage.get('completion_tokens')} tokens"]
     if usage.get("prompt_tokens") is not None:
-        parts.append(f"prompt {usage['prompt_tokens']} tokens")
+        prefilled = usage.get("prefill_tokens")
+        parts.append(f"prompt {usage['prompt_tokens']} tokens"
+                     + (f" ({prefilled} prefilled)" if prefilled is not None else ""))
     if timing.get("ttft_ms") is not None:
         parts.append(f"first token {timing['ttft_ms']:.0f} ms")
     if timing.get("tokens_per_s") is not None:

@@ -60,7 +60,8 @@ def _summary(final: FinalEvent) -> str:
     stats = final.stats
     parts = [f"finish: {final.finish_reason}", f"{stats.completion_tokens} tokens"]
     if stats.prompt_tokens is not None:
-        parts.append(f"prompt {stats.prompt_tokens} tokens")
+        prefilled = f" ({stats.prefill_tokens} prefilled)" if stats.prefill_tokens is not None else ""
+        parts.append(f"prompt {stats.prompt_tokens} tokens{prefilled}")
     if stats.ttft_ms is not None:
         parts.append(f"first token {stats.ttft_ms:.0f} ms")
     if stats.tokens_per_s is not None:

@@ -69,6 +69,21 @@ class RkllmApi(Protocol):
     def rkllm_set_chat_template(self, handle: LLMHandle, system_prompt: bytes,
                                 prompt_prefix: bytes, prompt_postfix: bytes, /) -> int: ...
 
+    # Optional entry points: None when the family does not declare them or a trimmed library does
+    # not export them; callers check before calling.
+
+    # int rkllm_load_prompt_cache(LLMHandle handle, const char* prompt_cache_path);   (1.1.0+)
+    @property
+    def rkllm_load_prompt_cache(self) -> BoundFunction | None: ...
+
+    # int rkllm_release_prompt_cache(LLMHandle handle);   (1.1.0+)
+    @property
+    def rkllm_release_prompt_cache(self) -> BoundFunction | None: ...
+
+    # int rkllm_get_kv_cache_size(LLMHandle handle, int* cache_sizes);   (1.2.1+)
+    @property
+    def rkllm_get_kv_cache_size(self) -> BoundFunction | None: ...
+
     # int rkllm_set_function_tools(LLMHandle handle, const char* system_prompt,
     #                              const char* tools, const char* tool_response_str);
     # (1.2.1+; absent or None where the family or a trimmed library lacks it)

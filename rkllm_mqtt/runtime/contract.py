@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 # The C types of rkllm.h's RKLLMParam / RKLLMInferParam / RKLLMSamplingParam fields (int32_t,
 # float): a value outside them would wrap or become inf in C, so config and requests stop there.
@@ -75,8 +75,17 @@ FinishReason = Literal["stop", "length", "stop_sequence", "tool_calls", "abort",
 
 
 class Usage(TypedDict):
+    """`prompt_tokens` = `cached_tokens` + `prefill_tokens`: the run's whole context, what the KV
+    cache or a prompt cache file already held, and what the NPU prefilled. `tokens_source` says
+    where the counts come from: "runtime" (RKLLMPerfStat.prefill_tokens and
+    rkllm_get_kv_cache_size, 1.2.1+), "estimate" (the daemon's 4 bytes per token) or "mixed"
+    (the runtime's prefill count, the daemon's estimate of what a prompt cache file supplied)."""
+
     prompt_tokens: int | None
     completion_tokens: int
+    prefill_tokens: NotRequired[int | None]
+    cached_tokens: NotRequired[int | None]
+    tokens_source: NotRequired[str | None]
 
 
 class Timing(TypedDict):
@@ -90,10 +99,11 @@ StateName = Literal["loading", "idle", "generating", "error"]
 
 
 class StateLimits(TypedDict):
-    """What a client must stay within (`limits` of `~/state`)."""
+    """What a request must stay within (`limits.*` config; the runtime's context, when set)."""
 
     max_prompt_chars: int
     max_payload_bytes: int
+    max_context_tokens: NotRequired[int]
 
 
 class StatePayload(TypedDict):

@@ -64,6 +64,12 @@ class RunStats:
     prefill_ms: float | None
     generate_ms: float | None
     memory_mb: float | None
+    # prompt_tokens = cached_tokens + prefill_tokens: what the KV cache or a prompt cache file
+    # already held, and what the NPU computed; "runtime" when RKLLMPerfStat and
+    # rkllm_get_kv_cache_size (1.2.1+) said so, "estimate" when the daemon counted bytes / 4.
+    prefill_tokens: int | None = None
+    cached_tokens: int | None = None
+    tokens_source: str | None = None
 
 
 NO_STATS = RunStats(

@@ -122,12 +122,14 @@ def build_infer_param(
     keep_history: bool,
     sampling: Any | None,
     max_new_tokens: int | None,
+    prompt_cache: Any | None = None,
 ) -> Any:
-    """RKLLMInferParam for plain generation; `sampling` must outlive the run (1.3.0)."""
+    """RKLLMInferParam for plain generation; `sampling` and `prompt_cache` (an
+    RKLLMPromptCacheParam that saves this run's prefill) must outlive the run."""
     infer = module.RKLLMInferParam()
     infer.mode = RKLLM_INFER_GENERATE
     infer.lora_params = None
-    infer.prompt_cache_params = None
+    infer.prompt_cache_params = ctypes.pointer(prompt_cache) if prompt_cache is not None else None
     if has_field(infer, "keep_history"):
         infer.keep_history = int(keep_history)
     if has_field(infer, "sampling_params"):

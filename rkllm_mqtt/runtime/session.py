@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -59,12 +58,14 @@ from rkllm_mqtt.runtime.params import (
     c_string,
     has_field,
 )
+from rkllm_mqtt.runtime.prefill import PrefillCount, PrefillState
 from rkllm_mqtt.runtime.prompt import (
     PromptPlan,
     Template,
     TemplateConfig,
     plan_request,
 )
+from rkllm_mqtt.runtime.prompt_cache import Prefix, PromptCacheStore
 from rkllm_mqtt.runtime.stream import TextStream
 from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
 
@@ -129,6 +130,7 @@ class Generation:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._done = threading.Event()
         self._outcome: FinalEvent | ErrorEvent | None = None
+        self._prefix: Prefix | None = None  # what precedes the turn (system prompt, tools)
 
     def __iter__(self) -> Iterator[Event]:
         """TokenEvents, then exactly one FinalEvent or ErrorEvent (with a sink: only the last)."""
@@ -196,6 +198,7 @@ class Session:
         self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
         self._running: Generation | None = None
         self._template_now: Template | None = None  # what the library currently has
+        self._prefill = PrefillState(None, kv_history=False)  # replaced once the handle exists
         self._tools_now: tuple[str, str] | None = None  # last rkllm_set_function_tools arguments
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
@@ -298,6 +301,7 @@ class Session:
             if self._thread is None:
                 raise RuntimeRunError("the RKLLM session is not open")
             generation = Generation(self, request, plan, sink)
+            generation._prefix = self._prefix_of(plan, messages, request)
             self._jobs.put(generation)
         return generation
 
@@ -307,8 +311,27 @@ class Session:
         return (self._lib is not None
                 and getattr(self._api, "rkllm_set_function_tools", None) is not None)
 
-    def clear(self, keep_system_prompt: bool = False) -> None:
-        """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API)."""
+    def _prefix_of(self, plan: PromptPlan, messages: Sequence[Message],
+                   request: GenerationRequest) -> Prefix | None:
+        """The part of this run's context that other conversations can share."""
+        if plan.function_tools is not None:  # 1.2.1+: rkllm_set_function_tools holds it
+            return Prefix(plan.function_tools[0], tools=plan.function_tools[1])
+        template = plan.template or (self._templates.native() if self.abi != "1.1" else None)
+        if template is not None:
+            return Prefix(template.system_prompt, template.prompt_prefix, template.prompt_postfix)
+        parts = [request.system or ""] + [m.content for m in messages if m.role == "system"]
+        system = "\n\n".join(p for p in parts if p) or self._templates.system_prompt
+        if (request.continues_history and request.keep_history) or not system:
+            return None
+        # It travels at the start of the prompt text: only a prompt cache file can spare it.
+        return Prefix(system, tools=request.tools_json, in_prompt=True)
+
+    def clear(self, keep_system_prompt: bool = True) -> None:
+        """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API).
+
+        The system prompt stays by default: the next conversation with the same system prompt
+        and tools then prefills only its own turns.
+        """
         if not self.supports_history:
             return
         self._call(lambda: self._clear(keep_system_prompt))
@@ -384,6 +407,7 @@ class Session:
                 f'set runtime.abi to "{family_of_version(logged)}" or "auto"'
             )
         self.runtime_version = self.runtime_version or logged
+        self._prefill = PrefillState(self._prompt_cache_store(), kv_history=self.abi != "1.1")
         configured = self._templates.native() if self.abi != "1.1" else None
         if configured is not None:
             status = self._set_template(configured)
@@ -393,6 +417,70 @@ class Session:
                     f"rkllm_set_chat_template failed ({status}) for runtime.system_prompt/"
                     "prompt_prefix/prompt_postfix"
                 )
+        self._warm_start()
+
+    def _prompt_cache_store(self) -> PromptCacheStore | None:
+        directory = self.settings.prompt_cache_dir
+        if not directory or not self.settings.model:
+            return None
+        store = PromptCacheStore(
+            directory, model=self.settings.model,
+            runtime_version=self.runtime_version or f"abi-{self.abi}",
+            max_files=self.settings.prompt_cache_max_files,
+            max_bytes=self.settings.prompt_cache_max_mb * 1024 * 1024,
+        )
+        return store if store.ensure_directory() else None
+
+    def _warm_start(self) -> None:
+        """Before the first request: load the last-used prefix's prompt cache, or prefill it.
+
+        Only the files of this model and runtime version count; with `runtime.prefill_at_start`
+        a prefix without a usable file (or the configured system prompt) is prefilled now, with
+        a one-token run that also saves its file. A failure here costs the warm start, never the
+        start.
+        """
+        store = self._prefill.store
+        if store is None:
+            return
+        try:
+            prefix = store.last_used()
+            if prefix is None and self.settings.prefill_at_start and self._templates.system_prompt:
+                configured = self._templates.native() if self.abi != "1.1" else None
+                prefix = (Prefix(configured.system_prompt, configured.prompt_prefix,
+                                 configured.prompt_postfix) if configured is not None
+                          else Prefix(self._templates.system_prompt, in_prompt=True))
+            if prefix is None:
+                return
+            path = store.valid(prefix)
+            if path is not None and self._prefill._load(self._api, self._live, path):
+                self._prefill.loaded = prefix
+                log.info("warm start: prompt cache %s loaded", path.name)
+                return
+            if path is not None:
+                store.forget(prefix)
+            if self.settings.prefill_at_start:
+                self._prime(prefix)
+        except (OSError, RuntimeRunError) as err:
+            log.warning("warm start skipped: %s", err)
+
+    def _prime(self, prefix: Prefix) -> None:
+        """A one-token run with nothing after the prefix, set up as a request with it would be."""
+        if prefix.in_prompt or self.abi == "1.1":
+            plan = PromptPlan(f"{prefix.system}\n\n", None)
+        elif prefix.tools is not None and self.native_tools:
+            plan = PromptPlan("", None, function_tools=(prefix.system, prefix.tools))
+        else:
+            plan = PromptPlan("", Template(prefix.system, prefix.prompt_prefix or "",
+                                           prefix.prompt_postfix or ""))
+        generation = Generation(self, GenerationRequest(prompt="", max_new_tokens=1), plan, None)
+        generation._prefix = prefix
+        generation._state = _RUNNING
+        outcome = self._run_generation(generation)
+        if isinstance(outcome, ErrorEvent):
+            log.warning("warm start: prefilling the prefix failed: %s", outcome.message)
+        else:
+            log.info("warm start: prefix of about %d tokens prefilled",
+                     outcome.stats.prefill_tokens or 0)
 
     def _destroy(self) -> None:
         if self._handle is not None:
@@ -402,6 +490,7 @@ class Session:
             self._handle = None
 
     def _clear(self, keep_system_prompt: bool) -> None:
+        self._prefill.cleared(keep_system_prompt)
         if len(self._api.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
             status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt), None, None)
         else:
@@ -416,6 +505,8 @@ class Session:
             c_string(template.prompt_prefix),
             c_string(template.prompt_postfix),
         )
+        if self._template_now is None or template.system_prompt != self._template_now.system_prompt:
+            self._prefill.system_changed()
         self._template_now = template if status == 0 else None
         return status
 
@@ -434,6 +525,7 @@ class Session:
         assert set_function_tools is not None  # only called when native_tools
         status = set_function_tools(self._live, c_string(system_prompt), c_string(tools_json),
                                     c_string(TOOL_RESPONSE_TAG))
+        self._prefill.system_changed()  # the system prompt the KV cache holds is another now
         self._tools_now = (None if tools_json == "[]" else tools) if status == 0 else None
         return status
 
@@ -473,6 +565,10 @@ class Session:
             if status != 0:
                 return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_function_tools failed ({status})")
 
+        # The template stays set after the run: putting another one back would make the next
+        # run with this system prompt recompute it (and drop the turns the cache holds).
+        cache = self._prefill.before_run(self._api, self._live, module, generation._prefix,
+                                         plan.text)
         prompt = c_string(plan.text)
         role = c_string(plan.role if plan.role != "user" else request.role)
         rkllm_input = build_input(module, prompt, role, request.enable_thinking)
@@ -488,6 +584,7 @@ class Session:
             keep_history=request.keep_history,
             sampling=sampling,
             max_new_tokens=request.max_new_tokens,
+            prompt_cache=cache.save_param,
         )
         init_cap = self._param.max_new_tokens if self._param.max_new_tokens > 0 else None
         request_cap = request.max_new_tokens if (request.max_new_tokens or 0) > 0 else None
@@ -513,12 +610,14 @@ class Session:
         ended = time.monotonic()
         del rkllm_input, infer, sampling, prompt, role  # referenced until here, on purpose
 
-        if configured is not None and self._template_now != configured:
-            status_restore = self._set_template(configured)
-            if status_restore != 0:
-                log.error("could not restore the configured chat template (%d)", status_restore)
-
         failed = status != 0 or run.error_seen
+        count = self._prefill.after_run(
+            self._api, self._live, cache,
+            ok=not failed and run.stop_reason in (None, "length", "stop_sequence"),
+            keep_history=request.keep_history,
+            perf_prefill=run.perf[1] if run.perf is not None else None,
+            generated=run.tokens,
+        )
         capped = bool(run.length_cap and run.tokens >= run.length_cap)
         tail = run.finish(complete=run.stop_reason is None and not failed and not capped)
         if tail:
@@ -527,29 +626,30 @@ class Session:
         calls = tuple(run.tools.calls) if run.tools is not None else ()
         invalid = tuple(run.tools.invalid) if run.tools is not None else ()
         if run.stop_reason in (None, "stop_sequence") and not failed and calls:
-            return FinalEvent(text, "tool_calls", self._stats(run, ended), calls, invalid)
+            return FinalEvent(text, "tool_calls", self._stats(run, ended, count), calls, invalid)
         if run.stop_reason is not None:
-            return FinalEvent(text, run.stop_reason, self._stats(run, ended), (), invalid)
+            return FinalEvent(text, run.stop_reason, self._stats(run, ended, count), (), invalid)
         if failed:
-            return self._run_error(plan.text, status, text)
-        return FinalEvent(text, "length" if capped else "stop", self._stats(run, ended), (),
+            return self._run_error(self._prefill.context_estimate(cache), status, text)
+        return FinalEvent(text, "length" if capped else "stop", self._stats(run, ended, count), (),
                           invalid)
 
-    def _run_error(self, prompt: str, status: int, text: str) -> ErrorEvent:
+    def _run_error(self, estimate: int, status: int, text: str) -> ErrorEvent:
+        """A failed run; `estimate` is the whole context it needed (prefix, history, turn)."""
         limit = self._param.max_context_len
-        estimate = math.ceil(len(c_string(prompt)) / 4)  # bytes/4: rough, like the simulator
-        if estimate > limit:
+        if limit > 0 and estimate > limit:
             return ErrorEvent(
                 ErrorCode.CONTEXT_TOO_LONG,
-                f"the prompt is about {estimate} tokens, more than runtime.max_context_len "
-                f"({limit})",
+                f"the prompt needs about {estimate} tokens with the system prompt and history, "
+                f"{estimate - limit} more than runtime.max_context_len ({limit}); "
+                "shorten the history or the system prompt",
                 text,
             )
         detail = f"rkllm_run returned {status}" if status != 0 else "error callback"
         return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"the runtime failed during generation ({detail})", text)
 
     @staticmethod
-    def _stats(run: _Run, ended: float) -> RunStats:
+    def _stats(run: _Run, ended: float, count: PrefillCount) -> RunStats:
         measured_tps = None
         if run.tokens >= 2 and run.first_token is not None and run.last_token is not None:
             span = run.last_token - run.first_token
@@ -557,11 +657,13 @@ class Session:
         ttft = (run.first_token - run.started) * 1000 if run.first_token is not None else None
         total = (ended - run.started) * 1000
         if run.perf is None:
-            return RunStats(None, run.tokens, ttft, total, measured_tps, None, None, None)
-        prefill_ms, prefill_tokens, generate_ms, generate_tokens, memory_mb = run.perf
+            return RunStats(count.prompt_tokens, run.tokens, ttft, total, measured_tps, None, None,
+                            None, count.prefill_tokens, count.cached_tokens, count.source)
+        prefill_ms, _, generate_ms, generate_tokens, memory_mb = run.perf
         tps = generate_tokens / (generate_ms / 1000) if generate_ms > 0 else measured_tps
-        return RunStats(prefill_tokens, generate_tokens, ttft, total, tps or measured_tps,
-                        prefill_ms, generate_ms, memory_mb)
+        return RunStats(count.prompt_tokens, generate_tokens, ttft, total, tps or measured_tps,
+                        prefill_ms, generate_ms, memory_mb, count.prefill_tokens,
+                        count.cached_tokens, count.source)
 
     # -- aborting (any thread) -------------------------------------------------------------------
 

@@ -78,6 +78,14 @@
  * keep_history (1.2.0+): 1 keeps the run's prompt and (possibly partial) answer in the "history"
  * list; 0 empties it after the run. rkllm_clear_kv_cache empties it.
  *
+ * KV cache and prefill (section "Simulated KV cache and prompt cache"): a run's context is the
+ * system segment (set_function_tools' system prompt and tools, else set_chat_template's system
+ * prompt), the turns kept by keep_history, and its own turn; only what the KV cache (or a loaded
+ * prompt cache) does not already hold is prefilled, charged at the prefill rate, and reported as
+ * RKLLMPerfStat.prefill_tokens and in the run record (context/cached/prompt_cache/prefill_tokens).
+ * Prompt tokens, as everywhere here, are ceil(bytes / 4); the context check counts the whole
+ * context ("prompt tokens(N) is greater than max context(M)").
+ *
  * Extra export: const char* rkllm_sim_inspect(LLMHandle) — a JSON document of everything the
  * library read (see sim_inspect_json below); the buffer is owned by the handle and valid until the
  * next rkllm_sim_inspect or rkllm_destroy on that handle. Floats use "%.9g" (float32 round trip),
@@ -102,7 +110,11 @@
  *                   times rkllm_set_function_tools was called),
  *   clear_kv_cache {count, keep_system_prompt, start_pos/end_pos (1.2.1; null for NULL pointers)},
  *   aborts, lora_loaded, prompt_cache_loaded, cross_attn_params (1.2.1), history,
+ *   kv_cache {system, system_tokens, turn_tokens, tokens, system_dropped_by_clear},
+ *   prompt_cache {loaded (path or null), tokens, saves, last_saved},
  *   max_concurrent_runs, running
+ *   run also has save_prompt_cache (-1 without RKLLMPromptCacheParam), prompt_cache_path,
+ *   context_tokens, cached_tokens, prompt_cache_tokens, prefill_tokens
  */
 
 #define _GNU_SOURCE
@@ -541,8 +553,14 @@ typedef struct {
     RKLLMSamplingParam sampling;
 #endif
     int32_t max_new_tokens;
+    int save_prompt_cache;     /* RKLLMPromptCacheParam as received (-1: no struct) */
+    char *prompt_cache_path;
     bool userdata;
     bool callback_thread;
+    long context_tokens;       /* the run's whole context: system + kept turns + this turn */
+    long cached_tokens;        /* of those, reused from the KV cache or the loaded prompt cache */
+    long prompt_cache_tokens;  /* of the cached ones, from the loaded prompt cache */
+    long prefill_tokens;       /* computed by this run's prefill (charged at the prefill rate) */
     int generated_tokens;
     bool aborted;
     bool paused;
@@ -591,6 +609,17 @@ typedef struct {
     char **history;
     size_t history_len, history_cap;
 
+    /* The simulated KV cache and prompt cache (see "Simulated KV cache" below). */
+    char *kv_system;          /* system segment whose KV is held; NULL = none */
+    long kv_system_tokens;
+    long kv_turn_tokens;      /* kept turns: their prompts and the generated tokens */
+    long clear_dropped_system; /* clear_kv_cache calls that dropped the system prompt */
+    char *pc_text;            /* loaded prompt cache: the input it was saved from */
+    size_t pc_len;
+    char *pc_path;
+    long pc_saves;
+    char *pc_last_saved;
+
     char *inspect;
 } SimHandle;
 
@@ -602,6 +631,10 @@ typedef struct {
     int mode;
     int keep_history;
     int32_t max_new_tokens; /* effective cap, <= 0 = none */
+    int save_prompt_cache;
+    char *prompt_cache_path; /* owned copy */
+    bool prefilled;           /* got past its prefill: its turn may stay in the KV cache */
+    long turn_tokens;
     int ret;
 } SimJob;
 
@@ -1154,6 +1187,238 @@ static void history_add(SimHandle *h, const char *s, size_t n) {
     if (copy) h->history[h->history_len++] = copy;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Simulated KV cache and prompt cache                                                         */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * What the runtime documents (rkllm.h and the RKLLM SDK manual of release-v1.3.0, §3.2.9-3.2.12):
+ *   keep_history = 1 keeps the context between runs (multi-turn), 0 discards it; clear_kv_cache
+ *   with keep_system_prompt = 1 keeps the system prompt "if present", 0 clears everything; a run
+ *   with RKLLMPromptCacheParam.save_prompt_cache = 1 writes its prefill to prompt_cache_path
+ *   (default "./prompt_cache.bin"); rkllm_load_prompt_cache loads such a file and the runtime
+ *   "detects from the start the part of the input that is the same as the prompt cache" and
+ *   reuses it; rkllm_release_prompt_cache drops it.
+ * Our reading where it says nothing (the simulator behaves so, the daemon does not rely on more):
+ *   - the system segment is the system prompt of rkllm_set_function_tools plus its tools (1.2.1+,
+ *     unless the tools are "[]") or else that of rkllm_set_chat_template (1.2.0+); 1.1 has none
+ *     (the prompt text is all);
+ *   - it is prefilled once and stays in the KV cache until it changes (the next run then drops
+ *     the whole cache and prefills the new one) or clear_kv_cache(keep_system_prompt = 0);
+ *   - keep_history = 0 drops the run's turn afterwards but keeps the system segment;
+ *   - a loaded prompt cache is consulted by a run that starts with nothing of its own context in
+ *     the KV cache; the common prefix of the saved input and the run's input is not prefilled
+ *     (the last token of the input always is: it yields the first output token);
+ *   - the file holds a header naming the format and ABI, then the saved input; another header
+ *     (another runtime, a corrupt file) makes rkllm_load_prompt_cache fail with -1.
+ * Tokens are ceil(bytes / 4) per segment; a common prefix of n bytes is n / 4 tokens.
+ */
+
+#define SIM_PC_MAGIC "RKLLMSIM-PROMPT-CACHE 1 abi=" SIM_ABI_NAME "\n"
+#define SIM_PC_DEFAULT_PATH "./prompt_cache.bin"
+
+static long sim_tokens(size_t bytes) { return (long)((bytes + 3) / 4); }
+
+/* The text the model sees for the system segment (under mu). */
+static void kv_system_text(const SimHandle *h, SimBuf *out) {
+    buf_add(out, "", 0); /* allocated and terminated even when empty */
+#if SIM_HAS_1_2_1
+    /* An empty list ("[]", how a server takes the tools back) leaves the template's system prompt. */
+    if (h->has_tools && h->tools_json && strcmp(h->tools_json, "[]") != 0) {
+        if (h->tools_system) buf_puts(out, h->tools_system);
+        if (h->tools_json && *h->tools_json) {
+            buf_puts(out, "\n# Tools\n");
+            buf_puts(out, h->tools_json);
+        }
+        return;
+    }
+#endif
+#if SIM_HAS_1_2_0
+    if (h->has_template && h->tpl_system) buf_puts(out, h->tpl_system);
+#else
+    (void)h;
+#endif
+}
+
+/* The text of this run's turn: the template's prefix and postfix around the prompt (under mu). */
+static void kv_turn_text(const SimHandle *h, const char *prompt, SimBuf *out) {
+    buf_add(out, "", 0);
+#if SIM_HAS_1_2_0
+    if (h->has_template && h->tpl_prefix) buf_puts(out, h->tpl_prefix);
+#endif
+    buf_puts(out, prompt);
+#if SIM_HAS_1_2_0
+    if (h->has_template && h->tpl_postfix) buf_puts(out, h->tpl_postfix);
+#else
+    (void)h;
+#endif
+}
+
+static void kv_drop_turns(SimHandle *h) {
+    history_clear(h);
+    h->kv_turn_tokens = 0;
+}
+
+static void kv_drop_all(SimHandle *h) {
+    kv_drop_turns(h);
+    free(h->kv_system);
+    h->kv_system = NULL;
+    h->kv_system_tokens = 0;
+}
+
+/* What a run's prefill must compute. Under mu; fills the record; returns the text a save writes. */
+typedef struct {
+    long context, cached, from_prompt_cache, prefill;
+    char *system; /* the run's system segment (owned) */
+    long system_tokens;
+    long turn_tokens;
+    SimBuf input; /* system + kept turns + this turn: what a prompt cache of this run holds */
+} SimPrefill;
+
+static void kv_plan_prefill(SimHandle *h, const char *prompt, SimPrefill *p) {
+    SimBuf sys = {0}, turn = {0};
+    kv_system_text(h, &sys);
+    kv_turn_text(h, prompt, &turn);
+    bool held = h->kv_system && strcmp(h->kv_system, sys.data) == 0;
+    if (!held && (h->kv_system || h->history_len)) kv_drop_all(h);
+    p->system = sys.data;
+    p->system_tokens = sim_tokens(sys.len);
+    p->turn_tokens = sim_tokens(turn.len);
+    p->context = p->system_tokens + h->kv_turn_tokens + p->turn_tokens;
+    p->cached = (held ? p->system_tokens : 0) + h->kv_turn_tokens;
+    p->from_prompt_cache = 0;
+
+    memset(&p->input, 0, sizeof p->input);
+    buf_add(&p->input, sys.data, sys.len);
+    for (size_t i = 0; i < h->history_len; i++) buf_puts(&p->input, h->history[i]);
+    buf_add(&p->input, turn.data, turn.len);
+    if (p->cached == 0 && h->pc_text) {
+        size_t n = 0;
+        while (n < h->pc_len && n < p->input.len && h->pc_text[n] == p->input.data[n]) n++;
+        long reuse = (long)(n / 4);
+        if (reuse > p->context - 1) reuse = p->context - 1;
+        p->from_prompt_cache = reuse > 0 ? reuse : 0;
+        p->cached = p->from_prompt_cache;
+    }
+    p->prefill = p->context - p->cached;
+    free(turn.data);
+
+    h->run.context_tokens = p->context;
+    h->run.cached_tokens = p->cached;
+    h->run.prompt_cache_tokens = p->from_prompt_cache;
+    h->run.prefill_tokens = p->prefill;
+}
+
+/* After the prefill: the system segment is in the KV cache; a save writes the run's input. */
+static void kv_after_prefill(SimHandle *h, SimPrefill *p, const SimJob *job) {
+    pthread_mutex_lock(&h->mu);
+    if (!h->kv_system) {
+        h->kv_system = p->system;
+        h->kv_system_tokens = p->system_tokens;
+        p->system = NULL;
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (job->save_prompt_cache != 1) return;
+    const char *path = job->prompt_cache_path ? job->prompt_cache_path : SIM_PC_DEFAULT_PATH;
+    FILE *f = fopen(path, "wb");
+    bool ok = f && fputs(SIM_PC_MAGIC, f) >= 0 &&
+              fwrite(p->input.data, 1, p->input.len, f) == p->input.len;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok) {
+        sim_log("W rkllm: failed to save the prompt cache to %s: %s", path, strerror(errno));
+        return;
+    }
+    pthread_mutex_lock(&h->mu);
+    h->pc_saves++;
+    free(h->pc_last_saved);
+    h->pc_last_saved = sim_strdup(path);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void kv_prefill_free(SimPrefill *p) {
+    free(p->system);
+    free(p->input.data);
+}
+
+#if SIM_HAS_1_2_0
+/* rkllm_clear_kv_cache (under mu). */
+static void kv_clear(SimHandle *h, int keep_system_prompt) {
+    if (keep_system_prompt) {
+        kv_drop_turns(h);
+    } else {
+        if (h->kv_system) h->clear_dropped_system++;
+        kv_drop_all(h);
+    }
+}
+#endif
+
+#ifndef RKLLM_SIM_MINIMAL
+/* rkllm_load_prompt_cache: 0, or -1 for a file that is missing or not a prompt cache of ours. */
+static int pc_load(SimHandle *h, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        sim_log("E rkllm: failed to open prompt cache %s: %s", path, strerror(errno));
+        return -1;
+    }
+    SimBuf b = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
+    fclose(f);
+    size_t magic = strlen(SIM_PC_MAGIC);
+    if (b.len < magic || memcmp(b.data, SIM_PC_MAGIC, magic) != 0) {
+        sim_log("E rkllm: invalid prompt cache file %s", path);
+        free(b.data);
+        return -1;
+    }
+    pthread_mutex_lock(&h->mu);
+    free(h->pc_text);
+    free(h->pc_path);
+    h->pc_len = b.len - magic;
+    h->pc_text = malloc(h->pc_len + 1);
+    if (h->pc_text) {
+        memcpy(h->pc_text, b.data + magic, h->pc_len);
+        h->pc_text[h->pc_len] = '\0';
+    }
+    h->pc_path = sim_strdup(path);
+    pthread_mutex_unlock(&h->mu);
+    free(b.data);
+    return h->pc_text ? 0 : -1;
+}
+#endif
+
+static void pc_release(SimHandle *h) {
+    free(h->pc_text);
+    free(h->pc_path);
+    h->pc_text = h->pc_path = NULL;
+    h->pc_len = 0;
+}
+
+static void kv_inspect(SimBuf *b, bool *f, const SimHandle *h) {
+    json_key(b, f, "kv_cache");
+    bool g = true;
+    buf_puts(b, "{");
+    json_kstr(b, &g, "system", h->kv_system);
+    json_kint(b, &g, "system_tokens", h->kv_system ? h->kv_system_tokens : 0);
+    json_kint(b, &g, "turn_tokens", h->kv_turn_tokens);
+    json_kint(b, &g, "tokens", (h->kv_system ? h->kv_system_tokens : 0) + h->kv_turn_tokens);
+    json_kint(b, &g, "system_dropped_by_clear", h->clear_dropped_system);
+    buf_puts(b, "}");
+    json_key(b, f, "prompt_cache");
+    g = true;
+    buf_puts(b, "{");
+    json_kstr(b, &g, "loaded", h->pc_path);
+    json_kint(b, &g, "tokens", h->pc_text ? (long)(h->pc_len / 4) : 0);
+    json_kint(b, &g, "saves", h->pc_saves);
+    json_kstr(b, &g, "last_saved", h->pc_last_saved);
+    buf_puts(b, "}");
+}
+
+static void kv_free(SimHandle *h) {
+    kv_drop_all(h);
+    pc_release(h);
+    free(h->pc_last_saved);
+}
+
 /* Calls the user's callback; returns what it returned (always 0 before 1.2.1). */
 static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t token_id,
                     LLMCallState state, const void *perf) {
@@ -1205,9 +1470,10 @@ static void sim_record_end(SimJob *job, int generated, bool aborted, bool paused
         if (!errored) {
             history_add(h, job->prompt, strlen(job->prompt));
             history_add(h, answer ? answer : "", answer_len);
+            if (job->prefilled) h->kv_turn_tokens += job->turn_tokens + generated;
         }
     } else {
-        history_clear(h);
+        kv_drop_turns(h);
     }
     pthread_mutex_unlock(&h->mu);
 }
@@ -1235,11 +1501,16 @@ static int sim_stream(SimJob *job) {
         return sim_reject(job, "simulated run error");
 
     int context = h->param.max_context_len > 0 ? h->param.max_context_len : h->model_max_context;
-    long prompt_tokens = (long)((strlen(prompt) + 3) / 4);
+    SimPrefill pre = {0};
+    pthread_mutex_lock(&h->mu);
+    kv_plan_prefill(h, prompt, &pre);
+    pthread_mutex_unlock(&h->mu);
+    long prompt_tokens = pre.context;
     if (prompt_tokens > context) {
         char why[128];
         snprintf(why, sizeof why, "prompt tokens(%ld) is greater than max context(%d)",
                  prompt_tokens, context);
+        kv_prefill_free(&pre);
         return sim_reject(job, why);
     }
 
@@ -1264,8 +1535,13 @@ static int sim_stream(SimJob *job) {
 
     double t0 = sim_now_ms();
     bool aborted = false, paused = false;
-    if (prefill_tps > 0) aborted = !sim_sleep(h, (double)prompt_tokens * 1000.0 / prefill_tps);
+    if (prefill_tps > 0) aborted = !sim_sleep(h, (double)pre.prefill * 1000.0 / prefill_tps);
     double t1 = sim_now_ms();
+    if (!aborted) {
+        kv_after_prefill(h, &pre, job);
+        job->prefilled = true;
+        job->turn_tokens = pre.turn_tokens;
+    }
 
     size_t emitted = 0; /* bytes of ans.text streamed so far */
     int generated = 0;
@@ -1315,7 +1591,7 @@ static int sim_stream(SimJob *job) {
 #if SIM_HAS_1_2_1
         RKLLMPerfStat perf = {
             .prefill_time_ms = (float)(t1 - t0),
-            .prefill_tokens = (int)prompt_tokens,
+            .prefill_tokens = (int)pre.prefill,
             .generate_time_ms = (float)(t2 - t1),
             .generate_tokens = generated,
             .memory_usage_mb = sim_memory_mb(),
@@ -1331,6 +1607,7 @@ static int sim_stream(SimJob *job) {
 
     sim_record_end(job, generated, aborted, paused, errored, ans.text.data, emitted);
     answer_free(&ans);
+    kv_prefill_free(&pre);
     return ret;
 }
 
@@ -1383,6 +1660,7 @@ static int sim_run(SimHandle *h, RKLLMInput *input, RKLLMInferParam *infer, void
     free(r->prompt);
     free(r->role);
     free(r->lora_adapter_name);
+    free(r->prompt_cache_path);
     free(r->tool_call);
     long count = r->count + 1;
     memset(r, 0, sizeof *r);
@@ -1401,6 +1679,13 @@ static int sim_run(SimHandle *h, RKLLMInput *input, RKLLMInferParam *infer, void
         r->lora_params = infer->lora_params != NULL;
         if (infer->lora_params) r->lora_adapter_name = sim_strdup(infer->lora_params->lora_adapter_name);
         r->prompt_cache_params = infer->prompt_cache_params != NULL;
+        r->save_prompt_cache = -1;
+        if (infer->prompt_cache_params) {
+            r->save_prompt_cache = infer->prompt_cache_params->save_prompt_cache;
+            r->prompt_cache_path = sim_strdup(infer->prompt_cache_params->prompt_cache_path);
+            job.save_prompt_cache = r->save_prompt_cache;
+            job.prompt_cache_path = sim_strdup(r->prompt_cache_path);
+        }
 #if SIM_HAS_1_2_0
         r->keep_history = infer->keep_history;
 #endif
@@ -1439,6 +1724,7 @@ static int sim_run(SimHandle *h, RKLLMInput *input, RKLLMInferParam *infer, void
     pthread_mutex_lock(&h->mu);
     h->run.ret = ret;
     pthread_mutex_unlock(&h->mu);
+    free(job.prompt_cache_path);
     return ret;
 }
 
@@ -1580,12 +1866,7 @@ SIM_EXPORT int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *lora_adapter)
 SIM_EXPORT int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cache_path) {
     SimHandle *h = sim_handle(handle);
     if (!h || !prompt_cache_path) return -1;
-    FILE *f = fopen(prompt_cache_path, "rb");
-    if (!f) {
-        sim_log("E rkllm: failed to open prompt cache %s: %s", prompt_cache_path, strerror(errno));
-        return -1;
-    }
-    fclose(f);
+    if (pc_load(h, prompt_cache_path) != 0) return -1;
     pthread_mutex_lock(&h->mu);
     h->prompt_cache_loaded = true;
     pthread_mutex_unlock(&h->mu);
@@ -1599,6 +1880,7 @@ SIM_EXPORT int rkllm_release_prompt_cache(LLMHandle handle) {
     if (!h) return -1;
     pthread_mutex_lock(&h->mu);
     h->prompt_cache_loaded = false;
+    pc_release(h);
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
@@ -1629,7 +1911,8 @@ SIM_EXPORT int rkllm_destroy(LLMHandle handle) {
     free(h->tools_system);
     free(h->tools_json);
     free(h->tools_response);
-    history_clear(h);
+    free(h->run.prompt_cache_path);
+    kv_free(h);
     free(h->history);
     free(h->inspect);
     pthread_mutex_destroy(&h->mu);
@@ -1779,7 +2062,7 @@ SIM_EXPORT int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt)
     h->clear_start = start_pos ? *start_pos : 0;
     h->clear_end = end_pos ? *end_pos : 0;
 #endif
-    history_clear(h);
+    kv_clear(h, keep_system_prompt);
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
@@ -1800,11 +2083,10 @@ SIM_EXPORT int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
     SimHandle *h = sim_handle(handle);
     if (!h || !cache_sizes) return -1;
     pthread_mutex_lock(&h->mu);
-    size_t bytes = 0;
-    for (size_t i = 0; i < h->history_len; i++) bytes += strlen(h->history[i]);
+    long tokens = (h->kv_system ? h->kv_system_tokens : 0) + h->kv_turn_tokens;
     int batches = h->param.extend_param.n_batch > 0 ? h->param.extend_param.n_batch : 1;
     pthread_mutex_unlock(&h->mu);
-    for (int i = 0; i < batches; i++) cache_sizes[i] = (int)((bytes + 3) / 4);
+    for (int i = 0; i < batches; i++) cache_sizes[i] = (int)tokens;
     return 0;
 }
 #endif
@@ -1948,8 +2230,14 @@ static void sim_inspect_run(SimBuf *b, const SimHandle *h) {
     }
     json_kint(b, &f, "max_new_tokens", r->max_new_tokens);
 #endif
+    json_kint(b, &f, "save_prompt_cache", r->save_prompt_cache);
+    json_kstr(b, &f, "prompt_cache_path", r->prompt_cache_path);
     json_kbool(b, &f, "userdata", r->userdata);
     json_kbool(b, &f, "callback_thread", r->callback_thread);
+    json_kint(b, &f, "context_tokens", r->context_tokens);
+    json_kint(b, &f, "cached_tokens", r->cached_tokens);
+    json_kint(b, &f, "prompt_cache_tokens", r->prompt_cache_tokens);
+    json_kint(b, &f, "prefill_tokens", r->prefill_tokens);
     json_kint(b, &f, "generated_tokens", r->generated_tokens);
     json_kbool(b, &f, "aborted", r->aborted);
     json_kbool(b, &f, "paused", r->paused);
@@ -2026,6 +2314,7 @@ static void sim_inspect_json(SimBuf *b, const SimHandle *h) {
         json_str(b, h->history[i]);
     }
     buf_puts(b, "]");
+    kv_inspect(b, &f, h);
     json_kint(b, &f, "max_concurrent_runs", atomic_load(&h->max_running));
     json_kint(b, &f, "running", atomic_load(&h->running));
     buf_puts(b, "}");

@@ -28,8 +28,12 @@ def test_json_prompt_streams_tokens_and_one_final(broker, daemon, probe_factory)
     final = probe.final("r1")
     assert final["status"] == "ok" and final["text"] == expected_answer("hello there")
     assert final["finish_reason"] == "stop"
-    assert set(final["usage"]) == {"prompt_tokens", "completion_tokens"}
+    assert set(final["usage"]) == {"prompt_tokens", "completion_tokens", "prefill_tokens",
+                                   "cached_tokens", "tokens_source"}
     assert final["usage"]["completion_tokens"] > 0
+    usage = final["usage"]
+    assert usage["prompt_tokens"] == usage["prefill_tokens"] + usage["cached_tokens"]
+    assert usage["tokens_source"] in ("runtime", "estimate")
     assert set(final["timing"]) == {"queue_ms", "ttft_ms", "total_ms", "tokens_per_s"}
     assert all(isinstance(v, int | float) for v in final["timing"].values())
     replies = probe.replies("r1")

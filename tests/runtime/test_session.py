@@ -7,6 +7,7 @@ errors, callbacks on foreign threads, and the callback surviving garbage collect
 from __future__ import annotations
 
 import gc
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -68,10 +69,14 @@ def test_streamed_text_equals_final_text_and_the_expected_answer(
     assert final.finish_reason == "stop"
     assert "".join(pieces) == final.text == expected_answer(prompt)
     assert final.stats.completion_tokens == len(expected_tokens(prompt))
-    if family in ("1.2", "1.3"):  # FINISH perf
-        assert final.stats.prompt_tokens is not None and final.stats.memory_mb is not None
+    assert final.stats.prompt_tokens == final.stats.prefill_tokens == math.ceil(
+        len(prompt.encode()) / 4
+    )
+    assert final.stats.cached_tokens == 0
+    if family in ("1.2", "1.3"):  # FINISH perf, rkllm_get_kv_cache_size
+        assert final.stats.tokens_source == "runtime" and final.stats.memory_mb is not None
     else:
-        assert final.stats.prompt_tokens is None and final.stats.memory_mb is None
+        assert final.stats.tokens_source == "estimate" and final.stats.memory_mb is None
 
 
 def test_characters_split_across_callbacks_arrive_whole(

@@ -263,6 +263,7 @@ class Sim:
         userdata: int | None = None,
         use_async: bool = False,
         multimodal: bool = False,
+        prompt_cache: tuple[int, bytes | None] | None = None,
     ) -> int:
         inp = self.t.Input()
         if multimodal:
@@ -282,6 +283,13 @@ class Sim:
             infer.max_new_tokens = max_new_tokens
             if sampling is not None:
                 infer.sampling_params = ctypes.pointer(self.t.Sampling(**sampling))
+        cache = None
+        if prompt_cache is not None:
+            cache = _struct(
+                "RKLLMPromptCacheParam",
+                [("save_prompt_cache", ctypes.c_int), ("prompt_cache_path", ctypes.c_char_p)],
+            )(*prompt_cache)
+            infer.prompt_cache_params = ctypes.addressof(cache)
         fn = self.lib.rkllm_run_async if use_async else self.lib.rkllm_run
         return fn(self.handle, ctypes.byref(inp), ctypes.byref(infer), userdata)
 
@@ -1007,7 +1015,9 @@ def test_function_tools_and_cross_attn_are_recorded(sim: Sim) -> None:
 def test_prompt_cache_and_lora_functions(sim: Sim, tmp_path: Path) -> None:
     assert sim.lib.rkllm_load_prompt_cache(sim.handle, str(tmp_path / "none.bin").encode()) == -1
     cache = tmp_path / "cache.bin"
-    cache.write_bytes(b"x")
+    cache.write_bytes(b"x")  # not a prompt cache file: refused, like a corrupt or foreign one
+    assert sim.lib.rkllm_load_prompt_cache(sim.handle, str(cache).encode()) == -1
+    assert sim.run(b"saved", prompt_cache=(1, str(cache).encode())) == 0
     assert sim.lib.rkllm_load_prompt_cache(sim.handle, str(cache).encode()) == 0
     assert sim.inspect()["prompt_cache_loaded"] is True
     assert sim.lib.rkllm_release_prompt_cache(sim.handle) == 0

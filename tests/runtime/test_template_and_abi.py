@@ -45,7 +45,7 @@ def test_configured_template(
 
 
 @pytest.mark.parametrize("family", ["1.2.0", "1.2", "1.3"])
-def test_request_system_uses_the_template_for_one_run(
+def test_request_system_uses_the_template_until_a_run_needs_another(
     open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
     inspect_now: Callable[[Session], Callable[[], dict[str, Any]]], family: str,
 ) -> None:
@@ -67,7 +67,10 @@ def test_request_system_uses_the_template_for_one_run(
     assert during == [TEMPLATE | {"system_prompt": "You are a pirate."}]
     record = inspect(session)
     assert record["run"]["prompt"] == "hi [sim:hang]"
-    assert record["chat_template"] == TEMPLATE  # restored after the run
+    # It stays until a run needs another: the next run with this system prompt keeps its cache.
+    assert record["chat_template"] == TEMPLATE | {"system_prompt": "You are a pirate."}
+    session.generate(GenerationRequest(prompt="plain")).result(30)
+    assert inspect(session)["chat_template"] == TEMPLATE
 
 
 def test_request_system_without_prefix_and_postfix_is_prepended(

@@ -273,10 +273,10 @@ def test_without_set_function_tools_the_tools_are_in_the_text(
     assert final.finish_reason == "tool_calls"
     record = inspect(session)
     if abi == "1.2.0":  # the system text, tools included, went to the chat template (the
-        # simulator found them there), restored to the configured one after the run
+        # simulator found them there), and stays there for the next run with the same prefix
         assert record["run"]["prompt"] == "Turn off the lamp"
-        assert record["chat_template"] == {"system_prompt": "", "prompt_prefix": "<u>",
-                                           "prompt_postfix": "</u>"}
+        assert record["chat_template"] == {"system_prompt": hermes_system("S", TOOLS_JSON),
+                                           "prompt_prefix": "<u>", "prompt_postfix": "</u>"}
     else:  # 1.1: the whole template is applied by the daemon
         assert record["run"]["prompt"] == (hermes_system("S", TOOLS_JSON)
                                            + "<u>Turn off the lamp</u>")

@@ -80,6 +80,9 @@ class Limits:
 
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS  # prompt + messages' contents + system
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # the whole JSON request
+    # The runtime's context in tokens (system prompt, tools, history, turn and answer), when the
+    # daemon's runtime.max_context_len is set; None when the library decides.
+    max_context_tokens: int | None = None
 
 
 # Error codes of a request the daemon refused for its size (the runtime's own refusal included).
@@ -171,7 +174,7 @@ class RkllmClient:
         if not isinstance(limits, dict):
             return
         values = {
-            key: value for key in ("max_prompt_chars", "max_payload_bytes")
+            key: value for key in ("max_prompt_chars", "max_payload_bytes", "max_context_tokens")
             if isinstance(value := limits.get(key), int) and not isinstance(value, bool) and value > 0
         }
         self.limits = Limits(**values)

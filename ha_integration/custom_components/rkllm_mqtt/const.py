@@ -46,6 +46,9 @@ EXCEPTION_MESSAGES = {
     "context_too_long": "The conversation is too long for the model; start a new one.",
     "message_too_long": "The message is too long for the RKLLM daemon {node_id}: with the instructions it "
     "may hold at most {max_prompt_chars} characters.",
+    "prefix_too_long": "The instructions and tools alone need about {needed_tokens} tokens, more than the "
+    "model's context on the RKLLM daemon {node_id} ({max_context_tokens} tokens): shorten the instructions "
+    "or expose fewer entities.",
     "reply_error": "The RKLLM daemon {node_id} could not answer ({code}): {message}",
     "template_error": "Sorry, I had a problem with my instructions template.",
     "mqtt_not_connected": "MQTT is not available; the RKLLM daemon needs Home Assistant's MQTT integration.",

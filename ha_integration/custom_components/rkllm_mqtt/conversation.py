@@ -25,6 +25,7 @@ from .const import (
 )
 from .entity import RkllmBaseEntity
 from .history import Budget, HistoryTooLong, chat_log_messages, conversation_key, shorter_start, window_start
+from .prefix import PrefixTooLong, TurnContexts, history_room, split_volatile
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -54,6 +55,7 @@ class RkllmConversationEntity(
     def __init__(self, hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
         super().__init__(hass, entry)
         self._moved_windows: dict[str, int] = {}
+        self._turn_contexts = TurnContexts()  # per-turn text kept out of the cached system prompt
 
     async def async_added_to_hass(self) -> None:
         """Also answer to the config entry id as an agent id, as core's LLM integrations do."""
@@ -71,7 +73,8 @@ class RkllmConversationEntity(
     async def _async_handle_message(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> conversation.ConversationResult:
-        await self._async_handle_chat_log(chat_log, await self._async_system_prompt(user_input, chat_log))
+        system, context = split_volatile(await self._async_system_prompt(user_input, chat_log))
+        await self._async_handle_chat_log(chat_log, system, context)
         response = intent.IntentResponse(language=user_input.language)
         response.async_set_speech(chat_log.content[-1].content or "")
         return conversation.ConversationResult(
@@ -107,7 +110,9 @@ class RkllmConversationEntity(
         chat_log.extra_system_prompt = user_input.extra_system_prompt or chat_log.extra_system_prompt
         return "\n".join(part for part in (prompt.strip(), chat_log.extra_system_prompt) if part)
 
-    async def _async_handle_chat_log(self, chat_log: conversation.ChatLog, system: str | None) -> None:
+    async def _async_handle_chat_log(
+        self, chat_log: conversation.ChatLog, system: str | None, context: str = ""
+    ) -> None:
         """Answer the chat log's newest user turn; the answer lands in the chat log.
 
         Token messages stream into the chat log as they arrive where this Home Assistant can take a
@@ -128,7 +133,8 @@ class RkllmConversationEntity(
             "priority": "interactive",
             "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
         }
-        messages = chat_log_messages(chat_log)
+        messages = self._turn_contexts.apply(chat_log.conversation_id, chat_log_messages(chat_log),
+                                             context)
         answered: list[Generation] = []
         texts = self._async_answer(client, messages, fields, chat_log.conversation_id, answered)
         if hasattr(chat_log, "async_add_delta_content_stream"):
@@ -194,10 +200,19 @@ class RkllmConversationEntity(
 
     @staticmethod
     def _budget(client: RkllmClient, fields: dict[str, Any]) -> Budget:
-        """The daemon's limits less what the rest of the request takes."""
+        """The daemon's limits (and its model's context) less what the rest of the request takes."""
         overhead = len(client.generate(messages=[], **fields).payload)
+        chars = client.limits.max_prompt_chars - len(fields["system"] or "")
+        try:
+            room = history_room(client.limits.max_context_tokens, fields["system"],
+                                fields.get("tools"), fields.get("max_new_tokens"))
+        except PrefixTooLong as err:
+            raise RkllmError(
+                "prefix_too_long", node_id=client.node_id, needed_tokens=str(err.needed_tokens),
+                max_context_tokens=str(err.max_context_tokens),
+            ) from None
         return Budget(
-            chars=client.limits.max_prompt_chars - len(fields["system"] or ""),
+            chars=chars if room is None else min(chars, room),
             payload_bytes=client.limits.max_payload_bytes - overhead,
         )
 
