@@ -29,11 +29,22 @@ from typing import Any, Protocol
 from rkllm_mqtt import errors
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RkllmMqttError, RuntimeInitError, RuntimeRunError
-from rkllm_mqtt.runtime import ErrorEvent, Event, GenerationRequest, Session, TokenEvent
+from rkllm_mqtt.runtime import (
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    GenerationRequest,
+    Session,
+    TokenEvent,
+)
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
+# Wait before reloading after the n-th failure in a row (a crash, or a reload that failed): the
+# first reload is at once, then backing off; after FAILURES_FOR_ERROR in a row `failure` holds
+# the reason (state `error`) until a reload succeeds.
+RESTART_DELAYS_S = (0.0, 0.5, 1, 2, 5, 10, 30)
+FAILURES_FOR_ERROR = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class Engine(Protocol):
     @property
     def ready(self) -> bool: ...  # False while a crashed runtime is being reloaded
 
+    @property
+    def failure(self) -> str | None: ...  # why the runtime is down after failures in a row
+
     def open(self) -> EngineInfo: ...
 
     def run(self, job_id: str, command: RunCommand) -> None: ...
@@ -79,6 +93,7 @@ class InProcessEngine:
     """The runtime Session in this process; events come from the runtime's threads."""
 
     ready = True
+    failure = None
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
         self.session = Session(settings)
@@ -116,10 +131,15 @@ class ProcessEngine:
     """The runtime Session in a child process, restarted when it dies."""
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink, *,
-                 abort_grace_s: float = 10.0) -> None:
+                 abort_grace_s: float = 10.0,
+                 restart_delays_s: tuple[float, ...] = RESTART_DELAYS_S) -> None:
         self._settings = settings
         self._sink = sink
         self.abort_grace_s = abort_grace_s
+        self.restart_delays_s = restart_delays_s
+        self.restarts = 0  # successful reloads after a death
+        self.failures_in_a_row = 0
+        self.failure: str | None = None
         self._lock = threading.Lock()  # _conn, _proc, _current
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -152,8 +172,14 @@ class ProcessEngine:
             message = parent.recv()
         except (EOFError, OSError):
             parent.close()
+            code = _reap(proc)
+            if code < 0:  # a signal: the native library died inside rkllm_init
+                raise RuntimeInitError(
+                    "librkllmrt.so crashed in rkllm_init: check runtime.abi (configured "
+                    f"{self._settings.abi}); the runtime process was {_describe_exit(code)}"
+                ) from None
             raise RuntimeInitError("the runtime process died while loading the model "
-                                   f"({_describe_exit(_reap(proc))})") from None
+                                   f"({_describe_exit(code)})") from None
         if message[0] == "failed":
             parent.close()
             _reap(proc)
@@ -208,6 +234,8 @@ class ProcessEngine:
                 with self._lock:
                     if self._current == job_id:
                         self._current = None
+                if isinstance(event, FinalEvent):  # the failures are no longer "in a row"
+                    self.failures_in_a_row = 0
             self._sink(job_id, event)
         conn.close()
         if self._closing.is_set():
@@ -221,20 +249,30 @@ class ProcessEngine:
         log.error("%s; reloading the model", reason)
         if job is not None:
             self._sink(job, ErrorEvent("runtime_crashed", reason))
-        self._restart()
+        self._restart(reason)
 
-    def _restart(self) -> None:
+    def _failed(self, reason: str) -> float:
+        """Count one failure in a row; the wait before the next reload."""
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= FAILURES_FOR_ERROR:
+            self.failure = f"{self.failures_in_a_row} failures in a row, the last: {reason}"
+        delays = self.restart_delays_s
+        return delays[min(self.failures_in_a_row, len(delays)) - 1]
+
+    def _restart(self, reason: str) -> None:
+        delay = self._failed(reason)
         for attempt in itertools.count(1):
-            if self._closing.is_set():
+            if self._closing.wait(delay):
                 return
             try:
                 self._spawn()
             except RkllmMqttError as err:
-                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S)) - 1]
+                delay = self._failed(str(err))
                 log.error("reloading the runtime failed (attempt %d): %s; retrying in %g s",
                           attempt, err, delay)
-                self._closing.wait(delay)
                 continue
+            self.restarts += 1
+            self.failure = None
             log.info("the runtime process was restarted")
             return
 

@@ -287,6 +287,11 @@ class Service:
         self._timers = [(t, fn) for t, fn in self._timers if t > now]
         for fn in due:
             fn()
+        failure = self.engine.failure
+        if failure is not None:  # the runtime keeps failing: waiting would only delay the answer
+            for job in self._scheduler.drain():
+                self._answer_error(job.request, ErrorCode.RUNTIME_ERROR,
+                                   f"the runtime is unavailable ({failure})")
         for job in self._scheduler.expire(now):
             self._answer_error(job.request, ErrorCode.DEADLINE_EXCEEDED,
                                f"ttl_s ({job.request.ttl_s:g} s) passed while the request waited",
@@ -484,9 +489,12 @@ class Service:
 
     def state_payload(self) -> dict[str, Any]:
         state = self._state
-        if state == "idle" and not self.engine.ready:
+        failure = self.engine.failure
+        if failure is not None:
+            state = "error"  # reloads keep failing; they go on, with backoff
+        elif state == "idle" and not self.engine.ready:
             state = "loading"  # a crashed runtime is being reloaded
-        return {
+        payload: dict[str, Any] = {
             "state": state,
             "busy": self._running is not None,
             "queue": len(self._scheduler),
@@ -498,6 +506,13 @@ class Service:
             "requests_total": self._stats.requests_total,
             "errors_total": self._stats.errors_total,
         }
+        # Only when there is something to say, so a healthy daemon's state stays as it was.
+        restarts = getattr(self.engine, "restarts", 0)
+        if restarts:
+            payload["runtime_restarts"] = restarts
+        if failure is not None:
+            payload["error"] = failure
+        return payload
 
     def _publish_state(self, *, force: bool = False) -> None:
         payload = _json(self.state_payload())
