@@ -158,7 +158,7 @@ class ProcessEngine:
     def open(self) -> EngineInfo:
         return self._spawn()
 
-    def _spawn(self) -> EngineInfo:
+    def _spawn(self, *, restart: bool = False) -> EngineInfo:
         # A fresh interpreter (not fork: this process has threads; not multiprocessing's spawn:
         # it re-imports the caller's main module), talking over an inherited socket.
         parent_sock, child_sock = socket.socketpair()
@@ -186,6 +186,9 @@ class ProcessEngine:
             raise _rebuild_error(message[1], message[2])
         with self._lock:
             self._conn, self._proc = parent, proc
+            if restart:  # counted before anyone can see the engine ready again
+                self.restarts += 1
+                self.failure = None
         threading.Thread(target=self._read, args=(parent, proc), name="rkllm-engine-reader",
                          daemon=True).start()
         self._ready.set()
@@ -265,14 +268,12 @@ class ProcessEngine:
             if self._closing.wait(delay):
                 return
             try:
-                self._spawn()
+                self._spawn(restart=True)
             except RkllmMqttError as err:
                 delay = self._failed(str(err))
                 log.error("reloading the runtime failed (attempt %d): %s; retrying in %g s",
                           attempt, err, delay)
                 continue
-            self.restarts += 1
-            self.failure = None
             log.info("the runtime process was restarted")
             return
 
