@@ -51,6 +51,8 @@
  *                                   state and its bytes (instead of NORMAL + an empty WAITING)
  *   RKLLM_SIM_PREFILL_TPS=X         prefill speed in tokens/s (0 = no delay, the default)
  *   RKLLM_SIM_DECODE_TPS=X          decode speed in tokens/s (0 = no delay, the default)
+ *   RKLLM_SIM_CALLBACK_TIMES=FILE   append how long each NORMAL callback took to return (ns, one a
+ *                                   line): the time the runtime waits for its caller per token
  *   RKLLM_SIM_SPEED=rk3588          preset: Qwen2.5-1.5B w8a8 on RK3588 (v1.3.0 benchmark: 128-token
  *                                   prefill in 378.31 ms = 338.3 tok/s, decode 16.69 tok/s);
  *                                   the two *_TPS variables override it
@@ -957,6 +959,28 @@ static void history_add(SimHandle *h, const char *s, size_t n) {
     if (copy) h->history[h->history_len++] = copy;
 }
 
+/* RKLLM_SIM_CALLBACK_TIMES: one line per timed callback, written after the callback returned. */
+static void sim_record_callback_ns(long long ns) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    const char *path = getenv("RKLLM_SIM_CALLBACK_TIMES");
+    if (!path || !*path) return;
+    pthread_mutex_lock(&mu);
+    FILE *f = fopen(path, "a");
+    if (f) {
+        fprintf(f, "%lld\n", ns);
+        fclose(f);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static long long sim_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int sim_call_back(LLMResultCallback cb, RKLLMResult *r, void *userdata, LLMCallState state);
+
 /* Calls the user's callback; returns what it returned (always 0 before 1.2.1). */
 static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t token_id,
                     LLMCallState state, const void *perf) {
@@ -975,10 +999,19 @@ static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t toke
     LLMResultCallback cb = h->callback;
 #endif
     if (!cb) return 0;
+    if (state != RKLLM_RUN_NORMAL || !getenv("RKLLM_SIM_CALLBACK_TIMES"))
+        return sim_call_back(cb, &r, userdata, state);
+    long long t0 = sim_now_ns();
+    int rc = sim_call_back(cb, &r, userdata, state);
+    sim_record_callback_ns(sim_now_ns() - t0);
+    return rc;
+}
+
+static int sim_call_back(LLMResultCallback cb, RKLLMResult *r, void *userdata, LLMCallState state) {
 #if SIM_HAS_1_2_1
-    return cb(&r, userdata, state);
+    return cb(r, userdata, state);
 #else
-    cb(&r, userdata, state);
+    cb(r, userdata, state);
     return 0;
 #endif
 }

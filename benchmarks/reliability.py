@@ -1,0 +1,307 @@
+"""`python -m benchmarks.reliability`: what the runtime's child process costs, and that memory stays flat.
+
+- RSS of the daemon plus its runtime child without a model (budget 60 MB), and in-process beside it;
+- how long the runtime waits for our callback per token (budget 10 µs p99), timed by the simulator
+  around each callback it makes (RKLLM_SIM_CALLBACK_TIMES): ctypes' entry, the GIL and our body;
+- one request end to end at RK3588 pace (100 tokens of 60 ms after a 378 ms prefill) against the
+  runtime alone on the same simulator (goal: within 0.1 %);
+- a soak of 10,000 hostile payloads, the daemon's RSS after every 1,000 (budget: within 5 MB of
+  the value after the first 1,000).
+
+Each daemon is `python -m rkllm_mqtt run --config` as users run it. Prints a table and writes it to
+benchmarks/reliability-results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import measures, report
+from benchmarks.harness import (
+    ABI,
+    MAX_CONTEXT,
+    Broker,
+    Simulator,
+    Subscriber,
+    broker,
+    now,
+    percentile,
+    sim_env,
+    simulator,
+)
+from rkllm_mqtt.runtime import FinalEvent, GenerationRequest, Session
+from rkllm_mqtt.runtime.events import ChatMessage
+
+REPO = Path(__file__).resolve().parent.parent
+RSS_BUDGET_MB = 60.0
+CALLBACK_BUDGET_US = 10.0
+SOAK_BUDGET_MB = 5.0
+E2E_GOAL_PCT = 0.1
+E2E_PROMPT = "[sim:tokens=100] " + "x" * 495  # 512 bytes = 128 prompt tokens: 378 ms at RK3588 pace
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    sub: Subscriber
+    prefix: str
+
+
+@contextmanager
+def daemon_process(b: Broker, sim: Simulator, *, isolation: str | None = None,
+                   extra: str = "") -> Iterator[Daemon]:
+    """`python -m rkllm_mqtt run` on the simulator, with a subscriber on its topics."""
+    node = f"rel{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="rkllm-bench-") as tmp:
+        config = Path(tmp) / "config.toml"
+        config.write_text(
+            f'[mqtt]\nhost = "{b.host}"\nport = {b.port}\nnode_id = "{node}"\n'
+            f'[runtime]\nlibrary = "{sim.library}"\nabi = "{ABI}"\nmodel = "{sim.model}"\n'
+            f"max_context_len = {MAX_CONTEXT}\n"
+            + (f'isolation = "{isolation}"\n' if isolation else "")
+            + '[homeassistant]\ndiscovery = false\n[queue]\non_shutdown = "abort"\n' + extra)
+        proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "--log-level", "ERROR", "run",
+                                 "--config", str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        sub = Subscriber(b, f"rkllm/{node}/#")
+        try:
+            measures._wait_state(sub, "idle", proc, 30)
+            yield Daemon(proc, sub, f"rkllm/{node}")
+        finally:
+            sub.close()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+# ----------------------------------------------------------------------------- callback time
+
+
+@dataclass
+class CallbackTime:
+    label: str
+    tokens: int
+    p50_us: float
+    p99_us: float
+    max_us: float
+
+
+def callback_time(b: Broker, sim: Simulator, *, isolation: str, tokens: int = 2000,
+                  decode_tps: float = 0.0) -> CallbackTime:
+    with tempfile.TemporaryDirectory(prefix="rkllm-cb-") as tmp:
+        times_file = Path(tmp) / "callback-ns"
+        env = {"RKLLM_SIM_CALLBACK_TIMES": str(times_file)}
+        if decode_tps:
+            env["RKLLM_SIM_DECODE_TPS"] = str(decode_tps)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with sim_env(**env), daemon_process(b, sim, isolation=isolation) as d:
+                times_file.write_text("")  # only the measured run
+                d.sub.request(f"{d.prefix}/prompt", "cb", f"[sim:tokens={tokens}]")
+                d.sub.wait_final("cb", 120)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        us = [int(line) / 1000 for line in times_file.read_text().split()]
+    pace = f"{decode_tps:g} tok/s" if decode_tps else "unlimited speed"
+    return CallbackTime(f"{isolation}, {pace}", len(us), percentile(us, 50), percentile(us, 99),
+                        max(us))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@dataclass
+class EndToEnd:
+    runtime_ms: float
+    daemon_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _runtime_alone_ms(sim: Simulator) -> float:
+    """The same request through the runtime binding alone, no daemon, no MQTT."""
+    from rkllm_mqtt.config import RuntimeSettings
+
+    session = Session(RuntimeSettings(library=str(sim.library), abi=ABI, model=str(sim.model)))
+    session.open()
+    try:
+        request = GenerationRequest(messages=(ChatMessage("user", E2E_PROMPT),))
+        t0 = now()
+        outcome = session.generate(request).result(60)
+        elapsed = (now() - t0) * 1000
+        if not isinstance(outcome, FinalEvent):
+            raise RuntimeError(f"the runtime alone failed: {outcome}")
+        return elapsed
+    finally:
+        session.close()
+
+
+def end_to_end(b: Broker, sim: Simulator) -> EndToEnd:
+    with sim_env(RKLLM_SIM_SPEED="rk3588"):
+        result = EndToEnd(_runtime_alone_ms(sim))
+        for isolation in ("process", "thread"):
+            with daemon_process(b, sim, isolation=isolation) as d:
+                rid = f"e2e-{isolation}"
+                t0 = d.sub.request(f"{d.prefix}/prompt", rid, E2E_PROMPT)
+                d.sub.wait_final(rid, 60)
+                final_at = next(r.at for r in reversed(d.sub.replies)
+                                if b'"type":"final"' in r.payload[:200])
+                result.daemon_ms[isolation] = (final_at - t0) * 1000
+    return result
+
+
+# ----------------------------------------------------------------------------- soak
+
+
+@dataclass
+class Soak:
+    payloads: int
+    curve_mb: list[tuple[int, float]]  # (payloads sent, RSS of the daemon and its child)
+
+    @property
+    def drift_mb(self) -> float:
+        base = self.curve_mb[1][1] if len(self.curve_mb) > 1 else self.curve_mb[0][1]
+        return max(abs(mb - base) for _, mb in self.curve_mb[1:]) if len(self.curve_mb) > 1 else 0.0
+
+
+def hostile_payloads(rng: random.Random) -> Iterator[tuple[str, bytes]]:
+    """(topic suffix, payload) of every kind a flaky or hostile client sends, for ever."""
+    junk_types: list[Any] = [None, True, 5, -1.5, [], {}, "x" * 300, [1, [2, [3]]], {"a": {"b": 1}}]
+    fields = ("prompt", "messages", "system", "conversation", "stream", "response_topic",
+              "max_new_tokens", "temperature", "top_p", "top_k", "priority", "ttl_s", "stop", "id")
+    while True:
+        kind = rng.randrange(12)
+        if kind == 0:
+            yield "prompt", rng.randbytes(rng.randrange(1, 400))  # binary, invalid UTF-8
+        elif kind == 1:
+            yield "prompt", b'{"prompt": "unterminated' + rng.randbytes(20)
+        elif kind == 2:
+            yield "prompt", json.dumps([rng.random() for _ in range(20)]).encode()  # an array
+        elif kind == 3:
+            yield "prompt", b"{" + b"x" * 70_000  # over limits.max_payload_bytes
+        elif kind == 4:
+            obj = {f: rng.choice(junk_types) for f in rng.sample(fields, rng.randrange(1, 6))}
+            yield "prompt", json.dumps(obj).encode()  # wrong types and ranges
+        elif kind == 5:
+            yield "prompt", json.dumps({"prompt": "hi", "response_topic": rng.choice(
+                ["#", "a/+/b", "$SYS/x", "rkllm/x/prompt", "\u0000", "a/" * 300])}).encode()
+        elif kind == 6:
+            yield "prompt", (b'{"a":' * 500) + b"1" + (b"}" * 500)  # deep nesting
+        elif kind == 7:
+            yield "prompt", json.dumps({"messages": [{"role": "wizard", "content": 1}] * 50}).encode()
+        elif kind == 8:
+            yield "abort", rng.choice([b"", b"nope", b'{"id": []}', rng.randbytes(64), b"{" * 100])
+        elif kind == 9:
+            yield "prompt", json.dumps({"id": uuid.uuid4().hex, "prompt": "p" * 20_000}).encode()
+        elif kind == 10:
+            yield "prompt", json.dumps({"prompt": "", "stop": ["a"] * 100}).encode()
+        else:  # a real request now and then: the runtime path must stay flat too
+            yield "prompt", json.dumps({"id": uuid.uuid4().hex, "prompt": "a short one",
+                                        "stream": rng.random() < 0.5}).encode()
+
+
+def soak(b: Broker, sim: Simulator, payloads: int = 10_000, every: int = 1_000) -> Soak:
+    rng = random.Random(12)
+    source = hostile_payloads(rng)
+    with sim_env(), daemon_process(b, sim) as d:
+        curve = [(0, measures._memory_mb(d.proc.pid)[0])]
+        for sent in range(every, payloads + every, every):
+            for _ in range(every):
+                topic, payload = next(source)
+                d.sub.client.publish(f"{d.prefix}/{topic}", payload, qos=1)
+            marker = f"mark-{sent}"  # answered after everything before it: all were handled
+            d.sub.request(f"{d.prefix}/prompt", marker, "marker")
+            d.sub.wait_final(marker, 120)
+            d.sub.forget()
+            curve.append((sent, measures._memory_mb(d.proc.pid)[0]))
+    return Soak(payloads, curve)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path,
+                        default=Path(__file__).with_name("reliability-results.md"))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    machine = report.Machine.start()
+    rows: list[report.Row] = []
+    notes: list[str] = []
+    sim = simulator()
+    with broker() as b:
+        print("[bench] RSS, daemon + runtime child / in-process ...", file=sys.stderr, flush=True)
+        with sim_env():
+            child = measures.rss(b, sim, isolation="process")
+            inproc = measures.rss(b, sim, isolation="thread")
+        rows.append(report.Row("RSS, daemon + runtime child (isolation process), no model",
+                               f"{child.rss_mb:.1f} MB ({child.processes} processes; peak "
+                               f"{child.hwm_mb:.1f} MB)", f"≤ {RSS_BUDGET_MB:.0f} MB",
+                               report._verdict(child.rss_mb <= RSS_BUDGET_MB)))
+        rows.append(report.Row("RSS, in-process runtime (isolation thread), no model",
+                               f"{inproc.rss_mb:.1f} MB", "—", "info",
+                               f"the child costs {child.rss_mb - inproc.rss_mb:.1f} MB"))
+        for isolation, tps in (("process", 500.0), ("process", 0.0), ("thread", 500.0)):
+            print(f"[bench] callback time, {isolation}, {tps or 'unlimited'} ...", file=sys.stderr,
+                  flush=True)
+            cb = callback_time(b, sim, isolation=isolation, decode_tps=tps)
+            judged = isolation == "process" and tps
+            rows.append(report.Row(
+                f"time the runtime waits for our callback ({cb.label}, {cb.tokens} tokens)",
+                f"p50 {cb.p50_us:.1f} µs, p99 {cb.p99_us:.1f} µs, max {cb.max_us:.0f} µs",
+                f"≤ {CALLBACK_BUDGET_US:.0f} µs p99" if judged else "—",
+                report._verdict(cb.p99_us <= CALLBACK_BUDGET_US) if judged else "info",
+                f"{cb.p99_us / 60_000 * 100:.3f} % of a 60 ms token"))
+        print("[bench] end to end at RK3588 pace vs the runtime alone ...", file=sys.stderr,
+              flush=True)
+        e2e = end_to_end(b, sim)
+        for isolation, ms in e2e.daemon_ms.items():
+            pct = (ms - e2e.runtime_ms) / e2e.runtime_ms * 100
+            rows.append(report.Row(
+                f"end to end, 100 tokens at 60 ms + 378 ms prefill ({isolation})",
+                f"{ms:.0f} ms vs runtime alone {e2e.runtime_ms:.0f} ms (+{ms - e2e.runtime_ms:.1f} ms)",
+                f"goal ≤ {E2E_GOAL_PCT} %", "info", f"{pct:+.3f} %"))
+        print("[bench] soak, 10,000 hostile payloads ...", file=sys.stderr, flush=True)
+        s = soak(b, sim)
+        rows.append(report.Row("soak: RSS drift after 10,000 hostile payloads (from 1,000)",
+                               f"{s.drift_mb:.2f} MB", f"≤ {SOAK_BUDGET_MB:.0f} MB",
+                               report._verdict(s.drift_mb <= SOAK_BUDGET_MB)))
+        notes.append("soak RSS curve (payloads: MB): "
+                     + ", ".join(f"{n}: {mb:.1f}" for n, mb in s.curve_mb))
+    machine.finish()
+    table = report.Table(machine, rows, notes)
+    print(table.markdown_table())
+    for line in notes:
+        print(f"- {line}")
+    print(f"\n{table.summary}")
+    if not args.no_write:
+        args.output.write_text(table.document().replace("# Benchmark results",
+                                                        "# Reliability benchmark results", 1)
+                               .replace("`python -m benchmarks` (`make bench`)",
+                                        "`python -m benchmarks.reliability` (`make bench`)", 1))
+    return 1 if table.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
