@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rkllm_mqtt.runtime.events import ChatMessage
+from rkllm_mqtt.runtime.contract import Message
 
 _ROLE_LABELS = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
 def render_messages(
-    messages: Iterable[ChatMessage], system: str | None
+    messages: Iterable[Message], system: str | None
 ) -> tuple[str | None, str]:
     """(system text or None, prompt) for a chat; raises ValueError when there is nothing to ask."""
     system_parts = [system] if system else []
-    turns: list[ChatMessage] = []
+    turns: list[Message] = []
     for message in messages:
         if message.role == "system":
             if message.content:

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
     RKLLM_RUN_FINISH,
@@ -33,9 +33,9 @@ from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_WAITING,
     LLMHandle,
 )
+from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode, FinishReason, Message
 from rkllm_mqtt.runtime.events import (
     NO_STATS,
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -49,6 +49,7 @@ from rkllm_mqtt.runtime.nativelog import (
     explain_init_failure,
     logged_runtime_version,
 )
+from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.params import (
     build_infer_param,
     build_input,
@@ -90,7 +91,7 @@ class _Run:
         self.last_token: float | None = None
         self.perf: tuple[float, int, float, int, float] | None = None
         self.error_seen = False
-        self.stop_reason: str | None = None
+        self.stop_reason: FinishReason | None = None
         self.abort_before_callback = False
         self.lock = threading.Lock()
 
@@ -118,7 +119,7 @@ class Generation:
             if not isinstance(event, TokenEvent):
                 return
 
-    def abort(self, reason: str = "abort") -> None:
+    def abort(self, reason: AbortReason = "abort") -> None:
         """Queued: it never runs. Running: rkllm_abort; the FinalEvent carries `reason`."""
         self._session._abort(self, reason)
 
@@ -151,7 +152,7 @@ class Generation:
 class Session:
     """The RKLLM handle of one model: `open()`, `generate()` any number of times, `close()`."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeOptions) -> None:
         self.settings = settings
         self.abi: str = settings.abi
         self.runtime_version: str | None = None
@@ -171,7 +172,6 @@ class Session:
         self._closed = False
         self._in_callback = threading.local()
         self._lib: LoadedLibrary | None = None
-        self._fn: Any = None
         self._param: Any = None
         self._handle: LLMHandle | None = None
         self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
@@ -180,6 +180,20 @@ class Session:
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
         self._callback_struct: Any = None
+
+    @property
+    def _api(self) -> RkllmApi:
+        """The bound functions; only reached once `open()` loaded the library."""
+        if self._lib is None:
+            raise RuntimeRunError("the RKLLM session is not open")
+        return self._lib.functions
+
+    @property
+    def _live(self) -> LLMHandle:
+        """The handle rkllm_init returned; calls that need one come only after it."""
+        if self._handle is None:
+            raise RuntimeRunError("the RKLLM handle is not initialised")
+        return self._handle
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,11 +211,11 @@ class Session:
         if not self.settings.model:
             raise RuntimeInitError("runtime.model is not set (the path of the .rkllm model file)")
         loaded = open_library(self.settings.library, self.settings.abi)
-        self._lib, self._fn = loaded, loaded.functions
+        self._lib = loaded
         self.abi, self.library_path = loaded.abi, loaded.path
         self.runtime_version = loaded.runtime_version
         self.supports_history = self.abi != "1.1"
-        self._param = build_param(loaded.module, self._fn, self.settings)
+        self._param = build_param(loaded.module, loaded.functions, self.settings)
         self._make_callback(loaded.module)
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
@@ -250,7 +264,7 @@ class Session:
         """Queue a generation and return at once; runs execute one at a time, in order."""
         messages = request.messages
         if request.prompt is not None:
-            messages = (*messages, ChatMessage("user", request.prompt))
+            messages = (*messages, Message("user", request.prompt))
         system, prompt = render_messages(messages, request.system)
         plan = plan_prompt(
             self._templates, system, prompt,
@@ -326,7 +340,7 @@ class Session:
             else self._callback
         )
         with capture_native_output() as output:
-            status = self._fn.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
+            status = self._api.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
         logged = logged_runtime_version("".join(output))
         if status != 0 or not handle.value:
             raise RuntimeInitError(
@@ -356,22 +370,22 @@ class Session:
 
     def _destroy(self) -> None:
         if self._handle is not None:
-            status = self._fn.rkllm_destroy(self._handle)
+            status = self._api.rkllm_destroy(self._handle)
             if status != 0:
                 log.warning("rkllm_destroy returned %d", status)
             self._handle = None
 
     def _clear(self, keep_system_prompt: bool) -> None:
-        if len(self._fn.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        if len(self._api.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt), None, None)
         else:
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt))
         if status != 0:
             raise RuntimeRunError(f"rkllm_clear_kv_cache failed ({status})")
 
     def _set_template(self, template: Template) -> int:
-        status = self._fn.rkllm_set_chat_template(
-            self._handle,
+        status = self._api.rkllm_set_chat_template(
+            self._live,
             c_string(template.system_prompt),
             c_string(template.prompt_prefix),
             c_string(template.prompt_postfix),
@@ -393,7 +407,7 @@ class Session:
             )
         except Exception as err:  # turn a bug into an error reply, keep serving
             log.exception("RKLLM generation failed")
-            outcome = ErrorEvent("runtime_error", f"internal error: {err}",
+            outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, f"internal error: {err}",
                                  generation._run.stream.text)
         with self._lock:
             generation._state = _DONE
@@ -409,7 +423,7 @@ class Session:
         if wanted != self._template_now and wanted is not None:
             status = self._set_template(wanted)
             if status != 0:
-                return ErrorEvent("runtime_error", f"rkllm_set_chat_template failed ({status})")
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_chat_template failed ({status})")
 
         prompt = c_string(plan.text)
         role = c_string(request.role)
@@ -442,8 +456,8 @@ class Session:
         status = 0
         try:
             if not skip:
-                status = self._fn.rkllm_run(
-                    self._handle, ctypes.byref(rkllm_input), ctypes.byref(infer), None
+                status = self._api.rkllm_run(
+                    self._live, ctypes.byref(rkllm_input), ctypes.byref(infer), None
                 )
         finally:
             with self._run_lock:
@@ -473,13 +487,13 @@ class Session:
         estimate = math.ceil(len(c_string(prompt)) / 4)  # bytes/4: rough, like the simulator
         if estimate > limit:
             return ErrorEvent(
-                "context_too_long",
+                ErrorCode.CONTEXT_TOO_LONG,
                 f"the prompt is about {estimate} tokens, more than runtime.max_context_len "
                 f"({limit})",
                 text,
             )
         detail = f"rkllm_run returned {status}" if status != 0 else "error callback"
-        return ErrorEvent("runtime_error", f"the runtime failed during generation ({detail})", text)
+        return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"the runtime failed during generation ({detail})", text)
 
     @staticmethod
     def _stats(run: _Run, ended: float) -> RunStats:
@@ -498,7 +512,7 @@ class Session:
 
     # -- aborting (any thread) -------------------------------------------------------------------
 
-    def _abort(self, generation: Generation, reason: str) -> None:
+    def _abort(self, generation: Generation, reason: AbortReason) -> None:
         with self._lock:
             state = generation._state
             if state == _QUEUED:
@@ -508,7 +522,7 @@ class Session:
         elif state == _RUNNING:
             self._stop(generation._run, reason)
 
-    def _stop(self, run: _Run, reason: str) -> None:
+    def _stop(self, run: _Run, reason: FinishReason) -> None:
         """Mark why the run ends (first reason wins) and interrupt the library."""
         with run.lock:
             if run.stop_reason is not None:
@@ -542,7 +556,7 @@ class Session:
                 return  # not inside rkllm_run (yet/anymore): the worker checks stop_reason
             if run.callbacks == 0:
                 run.abort_before_callback = True
-            status = self._fn.rkllm_abort(self._handle)
+            status = self._api.rkllm_abort(self._handle)
         if status != 0:
             log.warning("rkllm_abort returned %d", status)
 
