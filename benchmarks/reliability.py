@@ -43,7 +43,8 @@ from benchmarks.harness import (
     simulator,
 )
 from rkllm_mqtt.runtime import FinalEvent, GenerationRequest, Session
-from rkllm_mqtt.runtime.events import ChatMessage
+from rkllm_mqtt.runtime.contract import Message
+from rkllm_mqtt.runtime.options import RuntimeOptions
 
 REPO = Path(__file__).resolve().parent.parent
 RSS_BUDGET_MB = 60.0
@@ -139,12 +140,11 @@ class EndToEnd:
 
 def _runtime_alone_ms(sim: Simulator) -> float:
     """The same request through the runtime binding alone, no daemon, no MQTT."""
-    from rkllm_mqtt.config import RuntimeSettings
-
-    session = Session(RuntimeSettings(library=str(sim.library), abi=ABI, model=str(sim.model)))
+    session = Session(RuntimeOptions(library=str(sim.library), abi=ABI, model=str(sim.model),
+                                     max_context_len=MAX_CONTEXT))
     session.open()
     try:
-        request = GenerationRequest(messages=(ChatMessage("user", E2E_PROMPT),))
+        request = GenerationRequest(messages=(Message("user", E2E_PROMPT),))
         t0 = now()
         outcome = session.generate(request).result(60)
         elapsed = (now() - t0) * 1000

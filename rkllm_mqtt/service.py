@@ -466,7 +466,7 @@ class Service:
             state = "error"  # reloads keep failing; they go on, with backoff
         elif state == "idle" and not self.engine.ready:
             state = "loading"  # a crashed runtime is being reloaded
-        payload: dict[str, Any] = {
+        payload: StatePayload = {
             "state": state,
             "busy": self._running is not None,
             "queue": len(self._scheduler),
@@ -479,7 +479,7 @@ class Service:
             "errors_total": self._stats.errors_total,
         }
         # Only when there is something to say, so a healthy daemon's state stays as it was.
-        restarts = getattr(self.engine, "restarts", 0)
+        restarts = self.engine.restarts
         if restarts:
             payload["runtime_restarts"] = restarts
         if failure is not None:

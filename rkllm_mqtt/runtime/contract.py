@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 # The C types of rkllm.h's RKLLMParam / RKLLMInferParam / RKLLMSamplingParam fields (int32_t,
 # float): a value outside them would wrap or become inf in C, so config and requests stop there.
@@ -80,3 +80,6 @@ class StatePayload(TypedDict):
     ttft_ms: float | None
     requests_total: int
     errors_total: int
+    # Only present when they have something to say (process isolation):
+    runtime_restarts: NotRequired[int]  # reloads after the runtime process died
+    error: NotRequired[str]  # why the state is "error": failures in a row, the last one

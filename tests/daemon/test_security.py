@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from rkllm_mqtt.ask import ask
+from rkllm_mqtt.commands.ask import ask
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.service import Service
 from rkllm_mqtt.simulator import expected_answer
