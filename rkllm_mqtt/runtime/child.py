@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.runtime.contract import AbortReason
+from rkllm_mqtt.runtime.errors import RkllmMqttError
 from rkllm_mqtt.runtime.events import Event
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, RunCommand
 from rkllm_mqtt.runtime.options import RuntimeOptions

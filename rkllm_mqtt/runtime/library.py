@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from types import ModuleType
 
-from rkllm_mqtt.errors import AbiDetectionError, RuntimeLoadError
 from rkllm_mqtt.runtime import abi_1_1, abi_1_2, abi_1_2_0, abi_1_3
 from rkllm_mqtt.runtime.api import RkllmApi
+from rkllm_mqtt.runtime.errors import AbiDetectionError, RuntimeLoadError
 
 FAMILIES: dict[str, ModuleType] = {
     "1.1": abi_1_1,
