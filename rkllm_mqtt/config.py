@@ -171,9 +171,11 @@ class RuntimeSettings(_Section):
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
     keep_history: bool = True
-    # "thread": the runtime runs inside the daemon (smallest memory). "process": in a child process,
-    # so a native crash costs one request (`runtime_crashed`) and a model reload, not the daemon.
-    isolation: Literal["thread", "process"] = "thread"
+    # "process" (the default): the runtime runs in a lean child process, so a native crash or a run
+    # that ignores abort costs one request (`runtime_crashed`, or the abort's own reply) and a
+    # model reload, not the daemon. "thread": inside the daemon, ~12 MB less memory, but a crash
+    # of librkllmrt.so ends the daemon and a hung run blocks every request after it.
+    isolation: Literal["thread", "process"] = "process"
 
     @field_validator("enabled_cpus_mask", mode="before")
     @classmethod
