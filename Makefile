@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv broker demo run test test-main test-ha lint bench clean
+.PHONY: help venv broker demo run test test-main test-ha lint bench faults clean
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
 	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
 	@echo "make bench  - the performance budgets in benchmarks/"
+	@echo "make faults - the fault run (crash, hang, burst, hostile payloads, outage, SIGTERM) with figures"
 
 venv: $(BIN)/.installed
 
@@ -51,6 +52,11 @@ lint: venv
 
 bench: venv broker
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.reliability
+
+# The fault run of README "Reliability" with the default configuration (~90 s, prints figures).
+faults: venv broker
+	$(BIN)/python -m benchmarks.faults
 
 clean:
 	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -64,17 +64,20 @@ class Daemon:
 
 @contextmanager
 def daemon_process(b: Broker, sim: Simulator, *, isolation: str | None = None,
-                   extra: str = "") -> Iterator[Daemon]:
-    """`python -m rkllm_mqtt run` on the simulator, with a subscriber on its topics."""
+                   defaults: bool = False) -> Iterator[Daemon]:
+    """`python -m rkllm_mqtt run` on the simulator, with a subscriber on its topics; `defaults`
+    leaves every key but the broker, library and model at its default."""
     node = f"rel{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory(prefix="rkllm-bench-") as tmp:
         config = Path(tmp) / "config.toml"
         config.write_text(
             f'[mqtt]\nhost = "{b.host}"\nport = {b.port}\nnode_id = "{node}"\n'
-            f'[runtime]\nlibrary = "{sim.library}"\nabi = "{ABI}"\nmodel = "{sim.model}"\n'
-            f"max_context_len = {MAX_CONTEXT}\n"
+            f'[runtime]\nlibrary = "{sim.library}"\nmodel = "{sim.model}"\n'
+            + ("" if defaults else f'abi = "{ABI}"\n')
+            + ("" if defaults else f"max_context_len = {MAX_CONTEXT}\n")
             + (f'isolation = "{isolation}"\n' if isolation else "")
-            + '[homeassistant]\ndiscovery = false\n[queue]\non_shutdown = "abort"\n' + extra)
+            + ("" if defaults else
+               '[homeassistant]\ndiscovery = false\n[queue]\non_shutdown = "abort"\n'))
         proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "--log-level", "ERROR", "run",
                                  "--config", str(config)], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
