@@ -173,7 +173,7 @@ class RuntimeSettings(_Section):
     keep_history: bool = True
     # "process" (the default): the runtime runs in a lean child process, so a native crash or a run
     # that ignores abort costs one request (`runtime_crashed`, or the abort's own reply) and a
-    # model reload, not the daemon. "thread": inside the daemon, ~12 MB less memory, but a crash
+    # model reload, not the daemon. "thread": inside the daemon, ~18 MB less memory, but a crash
     # of librkllmrt.so ends the daemon and a hung run blocks every request after it.
     isolation: Literal["thread", "process"] = "process"
 
