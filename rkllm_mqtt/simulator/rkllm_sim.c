@@ -4,7 +4,7 @@
  * Why: the daemon's ctypes binding must match the real library byte for byte, and the real library
  * needs an RK3588/RK3576 NPU. This file exports exactly the functions of the real library of one
  * family, with struct definitions that mirror each release's rkllm.h field by field (written from
- * shared/reference/rkllm-api.md §1, not from the Python binding), so a binding that works here
+ * the headers of the rknn-llm releases, not from the Python binding), so a binding that works here
  * reads and writes the same offsets on a board. It also reports back everything it received.
  *
  * Build (rkllm_mqtt/simulator/build.py does this):
@@ -427,7 +427,7 @@ typedef struct {
 } RKLLMCallback;
 #endif
 
-/* Layout check against rkllm-api.md §1.1 (g++ on the real headers, LP64). */
+/* Layout check: sizes from compiling each release's rkllm.h with g++ (LP64: aarch64, x86-64). */
 #if defined(__LP64__) && (defined(__x86_64__) || defined(__aarch64__))
 #define SIM_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), "sizeof(" #T ") != " #n)
 #define SIM_ASSERT_OFF(T, f, n) \
