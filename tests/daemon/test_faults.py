@@ -96,8 +96,8 @@ def test_native_crash_mid_run_is_answered_and_the_child_restarted(broker, fault_
 
 
 def test_crash_in_rkllm_init_without_a_version_string_names_runtime_abi(broker, daemon_settings,
-                                                                         monkeypatch):
-    bare = build_simulator("1.2", defines=("RKLLM_SIM_NO_VERSION",))
+                                                                         sim_cache, monkeypatch):
+    bare = build_simulator("1.2", cache_dir=sim_cache, defines=("RKLLM_SIM_NO_VERSION",))
     monkeypatch.setenv("RKLLM_SIM_FAIL", "init_crash")
     settings_ = daemon_settings(broker, runtime={"library": str(bare), "isolation": "process"})
     svc = Service(settings_)
@@ -110,8 +110,8 @@ def test_crash_in_rkllm_init_without_a_version_string_names_runtime_abi(broker, 
 
 
 def test_crash_in_rkllm_init_stops_run_with_exit_code_3_and_one_line(broker, sim_model,
-                                                                      tmp_path):
-    bare = build_simulator("1.2", defines=("RKLLM_SIM_NO_VERSION",))
+                                                                      sim_cache, tmp_path):
+    bare = build_simulator("1.2", cache_dir=sim_cache, defines=("RKLLM_SIM_NO_VERSION",))
     config = tmp_path / "config.toml"
     config.write_text(f"""
 [mqtt]

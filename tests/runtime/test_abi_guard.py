@@ -40,11 +40,11 @@ def test_explicit_abi_contradicting_the_version_string_is_refused_before_init(
 
 @pytest.mark.parametrize("configured", ["1.2.0", "1.2", "auto"])
 def test_a_1_2_1b1_library_is_never_taken_for_1_2_0(
-    settings_for: Callable[..., object], runtime_sim_cache: Path,
+    settings_for: Callable[..., object], sim_cache: Path,
     capfd: pytest.CaptureFixture[str], configured: str,
 ) -> None:
     # 1.2.0's layout with a 1.2.1b1 label: what a pre-release build looks like from outside
-    beta = build_simulator("1.2.0", cache_dir=runtime_sim_cache,
+    beta = build_simulator("1.2.0", cache_dir=sim_cache,
                            defines=('RKLLM_SIM_VERSION_STRING="1.2.1b1"',))
     session = Session(settings_for("1.2.0", library=str(beta), abi=configured))
     with pytest.raises(AbiDetectionError) as raised:
