@@ -51,8 +51,9 @@
  *                                   state and its bytes (instead of NORMAL + an empty WAITING)
  *   RKLLM_SIM_PREFILL_TPS=X         prefill speed in tokens/s (0 = no delay, the default)
  *   RKLLM_SIM_DECODE_TPS=X          decode speed in tokens/s (0 = no delay, the default)
- *   RKLLM_SIM_CALLBACK_TIMES=FILE   append how long each NORMAL callback took to return (ns, one a
- *                                   line): the time the runtime waits for its caller per token
+ *   RKLLM_SIM_CALLBACK_TIMES=FILE   append, for each NORMAL callback, when it was made and how long
+ *                                   it took to return: "<CLOCK_MONOTONIC ns> <duration ns>", one a
+ *                                   line (the time the runtime waits for its caller per token)
  *   RKLLM_SIM_SPEED=rk3588          preset: Qwen2.5-1.5B w8a8 on RK3588 (v1.3.0 benchmark: 128-token
  *                                   prefill in 378.31 ms = 338.3 tok/s, decode 16.69 tok/s);
  *                                   the two *_TPS variables override it
@@ -960,14 +961,14 @@ static void history_add(SimHandle *h, const char *s, size_t n) {
 }
 
 /* RKLLM_SIM_CALLBACK_TIMES: one line per timed callback, written after the callback returned. */
-static void sim_record_callback_ns(long long ns) {
+static void sim_record_callback_ns(long long start, long long ns) {
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     const char *path = getenv("RKLLM_SIM_CALLBACK_TIMES");
     if (!path || !*path) return;
     pthread_mutex_lock(&mu);
     FILE *f = fopen(path, "a");
     if (f) {
-        fprintf(f, "%lld\n", ns);
+        fprintf(f, "%lld %lld\n", start, ns);
         fclose(f);
     }
     pthread_mutex_unlock(&mu);
@@ -1003,7 +1004,7 @@ static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t toke
         return sim_call_back(cb, &r, userdata, state);
     long long t0 = sim_now_ns();
     int rc = sim_call_back(cb, &r, userdata, state);
-    sim_record_callback_ns(sim_now_ns() - t0);
+    sim_record_callback_ns(t0, sim_now_ns() - t0);
     return rc;
 }
 
