@@ -40,6 +40,7 @@ from rkllm_mqtt.engine import (
 )
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.ha_outputs import HomeAssistantOutputs
+from rkllm_mqtt.memory import HeapTrimmer
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
 from rkllm_mqtt.protocol import (
     Outgoing,
@@ -149,6 +150,7 @@ class Service:
             kv_cache=False,
         )
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._heap = HeapTrimmer()
         self._running: Job | None = None
         self._state: StateName = "loading"
         self._stats = _Stats()
@@ -224,6 +226,7 @@ class Service:
         self._inbox.put(fn)
 
     def _on_message(self, msg: InMessage) -> None:
+        self._heap.received += len(msg.payload)
         if msg.retain and msg.topic in self.topics.commands:
             # A retained command would be replayed at every (re)connect: run once, then forever.
             log.warning("ignored a retained message on %s (publish commands without retain; "
@@ -316,6 +319,8 @@ class Service:
                            f"({self.settings.queue.request_timeout_s:g} s)")
             self._abort_running("deadline", message)
         self._dispatch()
+        if self._running is None:
+            self._heap.maybe_trim()  # idle: give large payloads' pages back (RSS stays flat)
         self._publish_state()
 
     # ------------------------------------------------------------------ requests
