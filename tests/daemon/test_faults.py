@@ -317,6 +317,58 @@ discovery = false
         proc.communicate()
 
 
+def test_a_child_stuck_in_the_library_does_not_outlive_a_killed_daemon(broker, probe_factory,
+                                                                      sim_library, sim_model,
+                                                                      tmp_path):
+    node = f"orph{uuid.uuid4().hex[:6]}"
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+node_id = "{node}"
+
+[runtime]
+library = "{sim_library}"
+model = "{sim_model}"
+
+[homeassistant]
+discovery = false
+""")
+    prefix = f"rkllm/{node}"
+    probe = probe_factory(broker, topics=(f"{prefix}/#",))
+    proc = _start_daemon_process(config)
+    try:
+        probe.wait_for(lambda m: m.topic == f"{prefix}/state" and m.json["state"] == "idle",
+                       timeout=30)
+        probe.publish(f"{prefix}/prompt", {"id": "stuck", "prompt": "[sim:hang_hard]"})
+        probe.wait_for(lambda m: m.payload.startswith(b'{"id":"stuck","type":"token"'))
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        child = int(children[0])
+        proc.kill()  # no goodbye: the child never gets its Close, nor reads EOF while stuck
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    proc.communicate()  # the child held the output pipe too
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent, init here, reaps it)
+
+
 # ----------------------------------------------------------------------------- fuzz
 
 _json_values = st.recursive(
