@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import OutsideClient, wait_until
+from harness import WAIT_TIMEOUT_S, OutsideClient, Received, wait_until
 from homeassistant.components import conversation
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Context, HomeAssistant
@@ -41,25 +43,43 @@ PREFIX = f"{BASE_TOPIC}/{NODE_ID}"
 
 
 class Spy:
-    """An outside client that sees the requests HA sends and the replies the daemon gives."""
+    """An outside client that sees the requests HA sends and the replies the daemon gives.
+
+    It keeps every message until a call takes it, on any of its topics: the daemon's final reply
+    may come before HA's abort (the request's ttl_s can end the run first), and waiting for the
+    abort must not drop it."""
 
     def __init__(self, client: OutsideClient) -> None:
         self.client = client
+        self.kept: list[Received] = []
         client.subscribe(f"{PREFIX}/prompt")
         client.subscribe(f"{PREFIX}/abort")
         client.subscribe(f"{BASE_TOPIC}/reply/#")
 
+    async def _take(self, topic: str) -> Received:
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while True:
+            for i, msg in enumerate(self.kept):
+                if msg.topic == topic:
+                    return self.kept.pop(i)
+            try:
+                self.kept.append(self.client.messages.get_nowait())
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no message on {topic} within {WAIT_TIMEOUT_S} s") from None
+                await asyncio.sleep(0.02)
+
     async def request(self) -> dict[str, Any]:
-        return json.loads((await self.client.next_message(f"{PREFIX}/prompt")).payload)
+        return json.loads((await self._take(f"{PREFIX}/prompt")).payload)
 
     async def final(self, request: dict[str, Any]) -> dict[str, Any]:
         while True:
-            reply = json.loads((await self.client.next_message(request["response_topic"])).payload)
+            reply = json.loads((await self._take(request["response_topic"])).payload)
             if reply["id"] == request["id"] and reply["type"] == "final":
                 return reply
 
     async def abort(self) -> str:
-        return (await self.client.next_message(f"{PREFIX}/abort")).payload.decode()
+        return (await self._take(f"{PREFIX}/abort")).payload.decode()
 
 
 @pytest.fixture
