@@ -56,7 +56,7 @@ class Spy:
         client.subscribe(f"{PREFIX}/abort")
         client.subscribe(f"{BASE_TOPIC}/reply/#")
 
-    async def _take(self, topic: str) -> Received:
+    async def next(self, topic: str) -> Received:
         deadline = time.monotonic() + WAIT_TIMEOUT_S
         while True:
             for i, msg in enumerate(self.kept):
@@ -70,16 +70,16 @@ class Spy:
                 await asyncio.sleep(0.02)
 
     async def request(self) -> dict[str, Any]:
-        return json.loads((await self._take(f"{PREFIX}/prompt")).payload)
+        return json.loads((await self.next(f"{PREFIX}/prompt")).payload)
 
     async def final(self, request: dict[str, Any]) -> dict[str, Any]:
         while True:
-            reply = json.loads((await self._take(request["response_topic"])).payload)
+            reply = json.loads((await self.next(request["response_topic"])).payload)
             if reply["id"] == request["id"] and reply["type"] == "final":
                 return reply
 
     async def abort(self) -> str:
-        return (await self._take(f"{PREFIX}/abort")).payload.decode()
+        return (await self.next(f"{PREFIX}/abort")).payload.decode()
 
 
 @pytest.fixture
@@ -289,7 +289,7 @@ async def test_an_abort_from_elsewhere_is_an_error_reply(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     # What the daemon's Abort button (its MQTT button entity) publishes: an empty ~/abort.
     spy.client.publish(f"{PREFIX}/abort", "")
     result = await task
@@ -307,7 +307,7 @@ async def test_a_cancelled_turn_aborts_the_request(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -457,7 +457,7 @@ async def test_a_reload_during_an_answer_aborts_it(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     assert await hass.config_entries.async_reload(entry.entry_id)
     result = await task
     assert _error_speech(result) == (
