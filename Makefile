@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv broker demo run test test-main test-ha test-ha-2025 test-ha-2026 hacs lint bench dist install uninstall clean
+.PHONY: help venv broker demo run test test-main test-ha test-ha-2025 test-ha-2026 hacs lint bench faults dist install uninstall clean
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench  - the performance budgets in benchmarks/"
 	@echo "make dist   - the wheel and sdist in dist/ (checked with twine)"
 	@echo "sudo make install / uninstall - the service on this board (scripts/install.sh; SYSTEMD=no, DESTDIR=...)"
+	@echo "make faults - the fault run (crash, hang, burst, hostile payloads, outage, SIGTERM) with figures"
 
 venv: $(BIN)/.installed
 
@@ -65,6 +66,11 @@ lint: venv
 
 bench: venv broker
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.reliability
+
+# The fault run of README "Reliability" with the default configuration (~90 s, prints figures).
+faults: venv broker
+	$(BIN)/python -m benchmarks.faults
 
 # Offline (--no-isolation: setuptools comes with the test extra), so dist/ is what `make test` checks.
 dist: venv

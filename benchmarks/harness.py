@@ -155,6 +155,14 @@ class TimedEngine:
     def ready(self) -> bool:
         return self.inner.ready
 
+    @property
+    def failure(self) -> str | None:
+        return self.inner.failure
+
+    @property
+    def restarts(self) -> int:
+        return self.inner.restarts
+
     def open(self) -> EngineInfo:
         return self.inner.open()
 

@@ -461,8 +461,9 @@ def _memory_mb(pid: int) -> tuple[float, float, int]:
     return rss, hwm, len(pids)
 
 
-def rss(b: Broker, sim: Simulator, tokens: int = 200) -> Rss:
-    """The daemon as users run it (`python -m rkllm_mqtt run --config`), a child process."""
+def rss(b: Broker, sim: Simulator, tokens: int = 200, isolation: str | None = None) -> Rss:
+    """The daemon as users run it (`python -m rkllm_mqtt run --config`), a child process;
+    `isolation` sets runtime.isolation (None: the default)."""
     node = f"rss{uuid.uuid4().hex[:6]}"
     prefix = f"rkllm/{node}"
     with tempfile.TemporaryDirectory(prefix="rkllm-bench-") as tmp:
@@ -471,7 +472,8 @@ def rss(b: Broker, sim: Simulator, tokens: int = 200) -> Rss:
             f'[mqtt]\nhost = "{b.host}"\nport = {b.port}\nnode_id = "{node}"\n'
             f'[runtime]\nlibrary = "{sim.library}"\nabi = "1.2"\nmodel = "{sim.model}"\n'
             f"max_context_len = {MAX_CONTEXT}\n"
-            '[homeassistant]\ndiscovery = false\n[queue]\non_shutdown = "abort"\n')
+            + (f'isolation = "{isolation}"\n' if isolation else "")
+            + '[homeassistant]\ndiscovery = false\n[queue]\non_shutdown = "abort"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RKLLM_SIM_", "RKLLM_MQTT_"))}
         env["RKLLM_SIM_MODEL_MAX_CONTEXT"] = str(MAX_CONTEXT)
         proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "--log-level", "WARNING", "run",

@@ -173,19 +173,21 @@ def start_broker(
     port: int | None = None,
     users: Mapping[str, str] | None = None,
     tls: TlsFiles | None = None,
+    acl: str | None = None,
     workdir: Path | None = None,
     prefer: Literal["auto", "mosquitto", "amqtt"] = "auto",
 ) -> Broker:
     """Start a broker and wait until it accepts connections.
 
-    `users` turns anonymous access off; `tls` makes the one listener a TLS listener. Mosquitto keeps
+    `users` turns anonymous access off; `tls` makes the one listener a TLS listener; `acl` is the
+    text of a Mosquitto `acl_file` (who may read and write which topics). Mosquitto keeps
     sessions and retained messages across `restart()` (persistence in `workdir`).
     """
     mosquitto = find_mosquitto() if prefer in ("auto", "mosquitto") else None
     if mosquitto is None and prefer == "mosquitto":
         raise BrokerError("mosquitto not found (install the 'mosquitto' package)")
-    if mosquitto is None and (users or tls):
-        raise BrokerError("passwords and TLS need Mosquitto (install the 'mosquitto' package)")
+    if mosquitto is None and (users or tls or acl):
+        raise BrokerError("passwords, TLS and ACLs need Mosquitto (install the 'mosquitto' package)")
     if mosquitto is None and importlib.util.find_spec("amqtt") is None:
         raise BrokerError("no broker available: install Mosquitto, or amqtt "
                           "(pip install 'rkllm-mqtt[demo]')")
@@ -193,7 +195,7 @@ def start_broker(
     workdir = Path(tempfile.mkdtemp(prefix="rkllm-broker-")) if workdir is None else workdir
     port = free_port(host) if port is None else port
     if mosquitto is not None:
-        argv = [mosquitto, "-c", str(_mosquitto_config(workdir, host, port, users, tls))]
+        argv = [mosquitto, "-c", str(_mosquitto_config(workdir, host, port, users, tls, acl))]
         broker = Broker("mosquitto", host, port, workdir, argv, tls=tls is not None, owns_workdir=owns)
     else:
         argv = [sys.executable, "-c", _AMQTT_RUNNER, f"{host}:{port}"]
@@ -207,7 +209,7 @@ def start_broker(
 
 
 def _mosquitto_config(workdir: Path, host: str, port: int, users: Mapping[str, str] | None,
-                      tls: TlsFiles | None) -> Path:
+                      tls: TlsFiles | None, acl: str | None = None) -> Path:
     lines = [
         f"listener {port} {host}",
         "set_tcp_nodelay true",
@@ -231,6 +233,11 @@ def _mosquitto_config(workdir: Path, host: str, port: int, users: Mapping[str, s
         lines += ["allow_anonymous false", f"password_file {password_file}"]
     else:
         lines.append("allow_anonymous true")
+    if acl is not None:
+        acl_file = workdir / "acl"
+        acl_file.write_text(acl)
+        acl_file.chmod(0o600)
+        lines.append(f"acl_file {acl_file}")
     if tls is not None:
         lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}",
                   f"require_certificate {'true' if tls.require_certificate else 'false'}"]

@@ -25,12 +25,12 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Protocol
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_chain, wait_fixed
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from rkllm_mqtt import errors
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RkllmMqttError, RuntimeInitError, RuntimeRunError
-from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, Session, TokenEvent
+from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, FinalEvent, Session, TokenEvent
 from rkllm_mqtt.runtime.child import Abort, Close, Emitted, Failed, FromChild, Opened, Run, Start
 from rkllm_mqtt.runtime.contract import AbortReason
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, JobSink, RunCommand
@@ -38,8 +38,11 @@ from rkllm_mqtt.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-# Seconds between attempts to reload a runtime that keeps failing; the last one repeats.
-RESTART_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
+# Wait before reloading after the n-th failure in a row (a crash, or a reload that failed): the
+# first reload is at once, then backing off; the last delay repeats. After FAILURES_FOR_ERROR in a
+# row `failure` holds the reason (state `error`) until a reload succeeds.
+RESTART_DELAYS_S = (0.0, 0.5, 1, 2, 5, 10, 30)
+FAILURES_FOR_ERROR = 3
 
 EngineSink = JobSink
 
@@ -56,6 +59,12 @@ class Engine(Protocol):
     @property
     def ready(self) -> bool: ...  # False while a crashed runtime is being reloaded
 
+    @property
+    def failure(self) -> str | None: ...  # why the runtime is down after failures in a row
+
+    @property
+    def restarts(self) -> int: ...  # reloads after the runtime died
+
     def open(self) -> EngineInfo: ...
 
     def run(self, job_id: str, command: RunCommand) -> None: ...
@@ -69,6 +78,8 @@ class InProcessEngine:
     """The runtime Session in this process; events come from the runtime's threads."""
 
     ready = True
+    failure = None
+    restarts = 0
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
         self.session = Session(runtime_options(settings))
@@ -95,10 +106,15 @@ class ProcessEngine:
     """The runtime Session in a child process, restarted when it dies."""
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink, *,
-                 abort_grace_s: float = 10.0) -> None:
+                 abort_grace_s: float = 10.0,
+                 restart_delays_s: tuple[float, ...] = RESTART_DELAYS_S) -> None:
         self._options = runtime_options(settings)
         self._sink = sink
         self.abort_grace_s = abort_grace_s
+        self.restart_delays_s = restart_delays_s
+        self.restarts = 0  # successful reloads after a death
+        self.failures_in_a_row = 0  # deaths and failed reloads since the last completed run
+        self.failure: str | None = None
         self._lock = threading.Lock()  # _conn, _proc, _current
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -117,7 +133,7 @@ class ProcessEngine:
     def open(self) -> EngineInfo:
         return self._spawn()
 
-    def _spawn(self) -> EngineInfo:
+    def _spawn(self, *, restart: bool = False) -> EngineInfo:
         # A fresh interpreter (not fork: this process has threads; not multiprocessing's spawn:
         # it re-imports the caller's main module), talking over an inherited socket.
         parent_sock, child_sock = socket.socketpair()
@@ -131,8 +147,14 @@ class ProcessEngine:
             message: FromChild = parent.recv()
         except (EOFError, OSError):
             parent.close()
+            code = _reap(proc)
+            if code < 0:  # killed by a signal: the native library died inside rkllm_init
+                raise RuntimeInitError(
+                    "librkllmrt.so crashed in rkllm_init: check runtime.abi (configured "
+                    f"{self._options.abi}); the runtime process was {_describe_exit(code)}"
+                ) from None
             raise RuntimeInitError("the runtime process died while loading the model "
-                                   f"({_describe_exit(_reap(proc))})") from None
+                                   f"({_describe_exit(code)})") from None
         if not isinstance(message, Opened):
             parent.close()
             _reap(proc)
@@ -141,6 +163,9 @@ class ProcessEngine:
             raise RuntimeInitError(f"the runtime process answered {message!r} instead of loading")
         with self._lock:
             self._conn, self._proc = parent, proc
+            if restart:  # counted before anyone can see the engine ready again
+                self.restarts += 1
+                self.failure = None
         threading.Thread(target=self._read, args=(parent, proc), name="rkllm-engine-reader",
                          daemon=True).start()
         self._ready.set()
@@ -192,6 +217,8 @@ class ProcessEngine:
                 with self._lock:
                     if self._current == message.job_id:
                         self._current = None
+                if isinstance(message.event, FinalEvent):  # the failures are no longer in a row
+                    self.failures_in_a_row = 0
             self._sink(message.job_id, message.event)
         conn.close()
         if self._closing.is_set():
@@ -205,13 +232,28 @@ class ProcessEngine:
         log.error("%s; reloading the model", reason)
         if job is not None:
             self._sink(job, ErrorEvent(ErrorCode.RUNTIME_CRASHED, reason))
-        self._restart()
+        self._restart(reason)
 
-    def _restart(self) -> None:
-        """Reload until it works or the engine closes, waiting longer after each failure."""
+    def _failed(self, reason: str) -> float:
+        """Count one failure in a row; the wait before the next reload."""
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= FAILURES_FOR_ERROR:
+            self.failure = f"{self.failures_in_a_row} failures in a row, the last: {reason}"
+        delays = self.restart_delays_s
+        return delays[min(self.failures_in_a_row, len(delays)) - 1]
+
+    def _wait_after(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        return self._failed(str(error))
+
+    def _restart(self, reason: str) -> None:
+        """Reload until it works or the engine closes, waiting longer after each failure in a row
+        (a library that crashes on every run backs off too, not only one that fails to load)."""
+        if self._closing.wait(self._failed(reason)):
+            return
         retrying = Retrying(
             retry=retry_if_exception_type(RkllmMqttError),
-            wait=wait_chain(*(wait_fixed(delay) for delay in RESTART_DELAYS_S)),
+            wait=self._wait_after,
             sleep=self._wait_to_restart,
             before_sleep=_log_failed_reload,
             reraise=True,
@@ -220,7 +262,7 @@ class ProcessEngine:
             if self._closing.is_set():
                 return
             with attempt:
-                self._spawn()
+                self._spawn(restart=True)
         if not self._closing.is_set():
             log.info("the runtime process was restarted")
 

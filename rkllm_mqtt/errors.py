@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from rkllm_mqtt.runtime.errors import (
+    AbiDetectionError,
+    RkllmMqttError,
+    RuntimeInitError,
+    RuntimeLoadError,
+    RuntimeRunError,
+)
 
-class RkllmMqttError(Exception):
-    """Base of every error this package raises on purpose."""
+__all__ = [
+    "AbiDetectionError",
+    "ConfigError",
+    "RkllmMqttError",
+    "RuntimeInitError",
+    "RuntimeLoadError",
+    "RuntimeRunError",
+    "SimulatorBuildError",
+]
 
 
 class ConfigError(RkllmMqttError):
@@ -14,22 +28,6 @@ class ConfigError(RkllmMqttError):
         super().__init__(f"config error: {key}: {reason}")
         self.key = key
         self.reason = reason
-
-
-class RuntimeLoadError(RkllmMqttError):
-    """The runtime library could not be loaded (missing file, wrong architecture, missing symbol)."""
-
-
-class AbiDetectionError(RkllmMqttError):
-    """`runtime.abi = "auto"` could not tell the ABI family; the user must set the key."""
-
-
-class RuntimeInitError(RkllmMqttError):
-    """rkllm_init failed: missing model, model/runtime mismatch, context above the model's limit."""
-
-
-class RuntimeRunError(RkllmMqttError):
-    """A call into the runtime failed outside of a generation (clear, template, closed session)."""
 
 
 class SimulatorBuildError(RkllmMqttError):

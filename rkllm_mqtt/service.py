@@ -40,6 +40,7 @@ from rkllm_mqtt.engine import (
 )
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.ha_outputs import HomeAssistantOutputs
+from rkllm_mqtt.memory import HeapTrimmer
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
 from rkllm_mqtt.protocol import (
     Outgoing,
@@ -150,6 +151,7 @@ class Service:
             kv_cache=False,
         )
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._heap = HeapTrimmer()
         self._running: Job | None = None
         self._state: StateName = "loading"
         self._stats = _Stats()
@@ -225,6 +227,7 @@ class Service:
         self._inbox.put(fn)
 
     def _on_message(self, msg: InMessage) -> None:
+        self._heap.received += len(msg.payload)
         if msg.retain and msg.topic in self.topics.commands:
             # A retained command would be replayed at every (re)connect: run once, then forever.
             log.warning("ignored a retained message on %s (publish commands without retain; "
@@ -298,6 +301,11 @@ class Service:
         self._timers = [(t, fn) for t, fn in self._timers if t > now]
         for fn in due:
             fn()
+        failure = self.engine.failure
+        if failure is not None:  # the runtime keeps failing: waiting would only delay the answer
+            for job in self._scheduler.drain():
+                self._answer_error(job.request, ErrorCode.RUNTIME_ERROR,
+                                   f"the runtime is unavailable ({failure})")
         for job in self._scheduler.expire(now):
             self._answer_error(job.request, ErrorCode.DEADLINE_EXCEEDED,
                                f"ttl_s ({job.request.ttl_s:g} s) passed while the request waited",
@@ -312,6 +320,8 @@ class Service:
                            f"({self.settings.queue.request_timeout_s:g} s)")
             self._abort_running("deadline", message)
         self._dispatch()
+        if self._running is None:
+            self._heap.maybe_trim()  # idle: give large payloads' pages back (RSS stays flat)
         self._publish_state()
 
     # ------------------------------------------------------------------ requests
@@ -483,9 +493,12 @@ class Service:
 
     def state_payload(self) -> StatePayload:
         state = self._state
-        if state == "idle" and not self.engine.ready:
+        failure = self.engine.failure
+        if failure is not None:
+            state = "error"  # reloads keep failing; they go on, with backoff
+        elif state == "idle" and not self.engine.ready:
             state = "loading"  # a crashed runtime is being reloaded
-        return {
+        payload: StatePayload = {
             "state": state,
             "busy": self._running is not None,
             "queue": len(self._scheduler),
@@ -499,6 +512,13 @@ class Service:
             # What a client must stay within, so it can cut a chat before the daemon refuses it.
             "limits": self._limits(),
         }
+        # Only when there is something to say, so a healthy daemon's state stays as it was.
+        restarts = self.engine.restarts
+        if restarts:
+            payload["runtime_restarts"] = restarts
+        if failure is not None:
+            payload["error"] = failure
+        return payload
 
     def _limits(self) -> StateLimits:
         limits: StateLimits = {"max_prompt_chars": self.policy.max_prompt_chars,

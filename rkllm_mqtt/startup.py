@@ -8,6 +8,9 @@ be told that at once, not after a broker connection and a retry loop.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from rkllm_mqtt.config import DEFAULT_CONFIG_PATH, RuntimeSettings
@@ -43,7 +46,40 @@ def preflight(runtime: RuntimeSettings) -> None:
     if os.sep in library and not os.access(library, os.R_OK):
         raise RuntimeLoadError(
             f"runtime library is not readable by this user: {library} (check runtime.library)")
-    if runtime.isolation == "thread":  # the daemon loads it anyway; a child process would load its own
+    if runtime.isolation == "thread":  # the daemon loads it anyway
         from rkllm_mqtt.runtime.library import open_library
 
         open_library(library, runtime.abi)
+    else:  # loaded where it will run: a crash or a foreign file must not take the daemon along
+        _probe_library(library, runtime.abi)
+
+
+# Runs in a throwaway interpreter: only the runtime package, as in the runtime's child process.
+_PROBE = """
+import sys
+from rkllm_mqtt.runtime.errors import RkllmMqttError
+from rkllm_mqtt.runtime.library import open_library
+try:
+    open_library(sys.argv[1], sys.argv[2])
+except RkllmMqttError as err:
+    print(err, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def _probe_library(library: str, abi: str) -> None:
+    """open_library (load + ABI) in a short-lived process, so the daemon itself never maps it."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, library, abi], capture_output=True,
+                              text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeLoadError(f"loading {library} did not finish in 60 s (check runtime.library)"
+                               ) from err
+    if proc.returncode == 0:
+        return
+    last = (proc.stderr.strip().splitlines() or [""])[-1]
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise RuntimeLoadError(f"{library} crashed while loading ({name}; check runtime.library "
+                               f"and runtime.abi)")
+    raise RuntimeLoadError(last or f"cannot load {library} (check runtime.library)")

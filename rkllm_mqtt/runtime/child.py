@@ -10,14 +10,16 @@ it starts fast, and nothing of the daemon can break it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.runtime.contract import AbortReason
+from rkllm_mqtt.runtime.errors import RkllmMqttError
 from rkllm_mqtt.runtime.events import Event
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, RunCommand
 from rkllm_mqtt.runtime.options import RuntimeOptions
@@ -78,12 +80,32 @@ class Emitted:
 FromChild = Opened | Failed | Emitted
 
 
+ORPHAN_CHECK_S = 1.0
+
+
+def _die_with_the_daemon() -> None:
+    """Exit as soon as the daemon is gone. A run stuck inside the library never reads the
+    socket's EOF, and an orphan would hold the NPU and the model's memory for ever; this thread
+    still runs then, because ctypes releases the GIL around every call into the library.
+    (Polling, not PR_SET_PDEATHSIG: that fires when the parent *thread* ends, and the daemon
+    starts a reloaded child from a thread that ends right after.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rkllm-orphan-watch", daemon=True).start()
+
+
 def main(fd: int) -> None:
     """One Session, commands from the socket, events back through it, until Close or EOF."""
     # The parent decides when we stop: a SIGTERM/SIGINT for the whole process group must not
     # end a request the daemon is finishing.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_the_daemon()
     conn = Connection(fd)
     start: Start = conn.recv()
     logging.basicConfig(level=start.log_level or logging.WARNING,

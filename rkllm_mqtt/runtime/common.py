@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-from rkllm_mqtt.errors import RuntimeLoadError
+from rkllm_mqtt.runtime.errors import RuntimeLoadError
 
 if TYPE_CHECKING:
     from rkllm_mqtt.runtime.api import BoundFunction, RkllmApi

@@ -120,3 +120,6 @@ class StatePayload(TypedDict):
     requests_total: int
     errors_total: int
     limits: StateLimits
+    # Only present when they have something to say (process isolation):
+    runtime_restarts: NotRequired[int]  # reloads after the runtime process died
+    error: NotRequired[str]  # why the state is "error": failures in a row, the last one

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode
+from rkllm_mqtt.runtime.errors import RkllmMqttError
 from rkllm_mqtt.runtime.events import ErrorEvent, Event, GenerationRequest, TokenEvent
 from rkllm_mqtt.runtime.session import Generation, Session
 

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from types import ModuleType
 
-from rkllm_mqtt.errors import AbiDetectionError, RuntimeLoadError
 from rkllm_mqtt.runtime import abi_1_1, abi_1_2, abi_1_2_0, abi_1_3
 from rkllm_mqtt.runtime.api import RkllmApi
+from rkllm_mqtt.runtime.errors import AbiDetectionError, RuntimeLoadError
 
 FAMILIES: dict[str, ModuleType] = {
     "1.1": abi_1_1,
@@ -137,6 +137,15 @@ def family_of_version(version: str) -> str | None:
     return None
 
 
+def is_prerelease(version: str) -> bool:
+    """"1.2.1b1" and the like: builds whose structs need not match any release's header."""
+    return re.fullmatch(r"\d+\.\d+\.\d+", version) is None
+
+
+_PRERELEASE_ADVICE = ("a pre-release whose structs match no release's header (1.2.1b1's input "
+                      "structs are 48 bytes, 1.2.0's 24); use the library of a release")
+
+
 def _evidence(lib: ctypes.CDLL, file: str) -> tuple[str | None, str | None, set[str]]:
     """(symbol family, the one labelled version or None, all labelled versions)."""
     versions = runtime_versions(file)
@@ -157,6 +166,9 @@ def _detect(lib: ctypes.CDLL, file: str) -> tuple[str, str | None]:
         return symbols, None
     if len(versions) > 1:
         seen = f"it contains several version strings ({', '.join(sorted(versions))})"
+    elif version and is_prerelease(version):
+        raise AbiDetectionError(f"{file} says it is runtime version {version}, "
+                                f"{_PRERELEASE_ADVICE}")
     elif version:
         seen = f"its version string says {version}, which does not fit its exported functions"
     elif symbols == "1.2+":
@@ -177,6 +189,9 @@ def detect_abi(path: str) -> str:
 def _check_explicit(abi: str, lib: ctypes.CDLL, file: str) -> str | None:
     """Refuse an explicit runtime.abi that the library's own version string contradicts."""
     symbols, version, _ = _evidence(lib, file)
+    if version is not None and is_prerelease(version):
+        raise AbiDetectionError(f'runtime.abi is "{abi}" but {file} says it is runtime version '
+                                f"{version}, {_PRERELEASE_ADVICE}")
     actual = family_of_version(version) if version else None
     if actual is not None and actual != abi:
         raise AbiDetectionError(

@@ -9,11 +9,16 @@ this class:
   run ends when rkllm_run returns, whatever the callback saw (an abort ends without FINISH);
 - the callback copies the text at once, never raises, and may run on any thread; the CFUNCTYPE
   object (and the 1.3 RKLLMCallback struct) live as long as the session;
+- the runtime waits for the callback's return before it goes on (from 1.2.1 a return of 1 even
+  pauses inference), so the callback only copies the bytes and hands them to the session's token
+  thread; decoding, stop sequences and the caller's sink (JSON, publish, the child's pipe) run
+  there, never while the NPU waits;
 - every buffer handed to rkllm_run stays referenced until it returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -24,7 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
@@ -34,6 +38,7 @@ from rkllm_mqtt.runtime.common import (
     LLMHandle,
 )
 from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode, FinishReason, Message
+from rkllm_mqtt.runtime.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime.events import (
     NO_STATS,
     ErrorEvent,
@@ -100,6 +105,8 @@ class _Run:
         self.stop_reason: FinishReason | None = None
         self.abort_before_callback = False
         self.lock = threading.Lock()
+        self.drained = threading.Event()  # the token thread has handled every handed-off token
+
 
     @property
     def text(self) -> str:
@@ -114,6 +121,14 @@ class _Run:
         if self.tools is None:
             return tail
         return self.tools.feed(tail) + self.tools.finish()
+
+
+def _yield_to_the_runtime() -> None:
+    """Make the calling thread SCHED_BATCH (Linux; allowed without privileges): waking it from
+    the callback then never preempts the runtime's thread inside the callback; it runs as soon as
+    a CPU is free instead, which at a token's pace is at once."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or forbidden: only slower
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 class Generation:
@@ -190,6 +205,9 @@ class Session:
             queue.SimpleQueue()
         )
         self._thread: threading.Thread | None = None
+        # (run, bytes) from the callback; (run, None) marks the end of a run; None stops the thread
+        self._tokens: queue.SimpleQueue[tuple[_Run, bytes | None] | None] = queue.SimpleQueue()
+        self._token_thread: threading.Thread | None = None
         self._closed = False
         self._in_callback = threading.local()
         self._lib: LoadedLibrary | None = None
@@ -242,16 +260,19 @@ class Session:
         self._make_callback(loaded.module)
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
+        tokens = threading.Thread(target=self._hand_on, name="rkllm-tokens", daemon=True)
         with self._lock:
-            self._thread = thread
+            self._thread, self._token_thread = thread, tokens
         thread.start()
+        tokens.start()
         try:
             self._call(self._init)
         except BaseException:
             self._jobs.put(None)
+            self._tokens.put(None)
             thread.join()
             with self._lock:
-                self._thread = None
+                self._thread = self._token_thread = None
             raise
         log.info(
             "RKLLM %s ABI (runtime %s) from %s; model %s",
@@ -273,6 +294,7 @@ class Session:
         self._jobs.put(None)
         if thread is not threading.current_thread():
             thread.join()
+        self._tokens.put(None)  # after the worker: its last run has drained
 
     def __enter__(self) -> Session:
         self.open()
@@ -607,6 +629,8 @@ class Session:
         finally:
             with self._run_lock:
                 self._current = None
+            self._tokens.put((run, None))
+            run.drained.wait()  # every token of the run is decoded and emitted before its end
         ended = time.monotonic()
         del rkllm_input, infer, sampling, prompt, role  # referenced until here, on purpose
 
@@ -745,6 +769,23 @@ class Session:
         except Exception:  # an exception must never unwind into the C library
             log.exception("error in the RKLLM result callback (ignored)")
 
+    def _hand_on(self) -> None:
+        """The token thread: bytes from the callback become text, stop sequences and events."""
+        _yield_to_the_runtime()
+        while (item := self._tokens.get()) is not None:
+            run, data = item
+            if data is None:
+                run.drained.set()
+                continue
+            try:
+                piece = run.feed(data)  # UTF-8, then the tool-call markup filter
+                if piece:
+                    run.emit(TokenEvent(piece))
+                if run.stream.stopped:
+                    self._stop(run, "stop_sequence")
+            except Exception:  # one bad token must not end the thread every run needs
+                log.exception("error handling an RKLLM token (ignored)")
+
     def _handle_result(self, run: _Run, result: Any, state: int) -> None:
         run.callbacks += 1
         if run.abort_before_callback:  # our abort may have come before the run began: repeat it
@@ -762,12 +803,8 @@ class Session:
             run.last_token = now
             if run.first_token is None:
                 run.first_token = now
-            piece = run.feed(data)
-            if piece:
-                run.emit(TokenEvent(piece))
-            if run.stream.stopped:
-                self._stop(run, "stop_sequence")
-            elif run.limit is not None and run.tokens >= run.limit:
+            self._tokens.put((run, data))  # the rest happens on the token thread
+            if run.limit is not None and run.tokens >= run.limit:
                 self._stop(run, "length")
         elif state == RKLLM_RUN_FINISH:
             if result and has_field(result.contents, "perf"):

@@ -13,6 +13,8 @@
  *   RKLLM_SIM_ABI  11 = 1.1.0–1.1.4 (reports 1.1.4)   120 = 1.2.0 (reports 1.2.0)
  *                  12 = 1.2.1–1.2.3 (reports 1.2.3)  13 = 1.3.0 (reports 1.3.0)
  *   -DRKLLM_SIM_NO_VERSION leaves the "rkllm-runtime version: X.Y.Z" string out of the binary.
+ *   -DRKLLM_SIM_VERSION_STRING='"1.2.1b1"' puts another version into that string (the layout stays
+ *   the family's), to stand in for a pre-release or a mislabelled build.
  *   -DRKLLM_SIM_MINIMAL exports only the entry points a server needs (createDefaultParam, init,
  *   run, abort, destroy; clear_kv_cache and set_chat_template from 1.2.0), like a trimmed build.
  *
@@ -38,14 +40,20 @@
  * > 0) and at max_context_len - prompt tokens. Prompt tokens are estimated as ceil(bytes / 4).
  *
  * Environment (read at each call, so a test can change it between calls):
- *   RKLLM_SIM_FAIL=init|run|crash   init: rkllm_init fails; run: every run fails like [sim:error];
- *                                   crash: every run crashes like [sim:crash]
+ *   RKLLM_SIM_FAIL=init|run|crash|init_crash
+ *                                   init: rkllm_init fails; run: every run fails like [sim:error];
+ *                                   crash: every run crashes like [sim:crash];
+ *                                   init_crash: rkllm_init raises SIGSEGV (a wrong ABI, or the
+ *                                   out-of-NPU-memory segfault of rknn-llm #522)
  *   RKLLM_SIM_MODEL_MAX_CONTEXT=N   the model's max_context_limit (default 4096)
  *   RKLLM_SIM_CALLBACK_THREAD=1     rkllm_run does the callbacks from a thread it spawns and joins
  *   RKLLM_SIM_WAITING_TEXT=1        1.1: a chunk ending inside a character is sent with the WAITING
  *                                   state and its bytes (instead of NORMAL + an empty WAITING)
  *   RKLLM_SIM_PREFILL_TPS=X         prefill speed in tokens/s (0 = no delay, the default)
  *   RKLLM_SIM_DECODE_TPS=X          decode speed in tokens/s (0 = no delay, the default)
+ *   RKLLM_SIM_CALLBACK_TIMES=FILE   append, for each NORMAL callback, when it was made and how long
+ *                                   it took to return: "<CLOCK_MONOTONIC ns> <duration ns>", one a
+ *                                   line (the time the runtime waits for its caller per token)
  *   RKLLM_SIM_SPEED=rk3588          preset: Qwen2.5-1.5B w8a8 on RK3588 (v1.3.0 benchmark: 128-token
  *                                   prefill in 378.31 ms = 338.3 tok/s, decode 16.69 tok/s);
  *                                   the two *_TPS variables override it
@@ -56,6 +64,8 @@
  *   [sim:error_after=N] N tokens, then as [sim:error]
  *   [sim:crash]         2 tokens, then raise(SIGSEGV) (abort() if that returns)
  *   [sim:hang]          1 token, then 10 ms sleeps until rkllm_abort
+ *   [sim:hang_hard]     1 token, then sleeps for ever, ignoring rkllm_abort (a run stuck inside
+ *                       the inference function, rknn-llm #315)
  *   [sim:delay_ms=N]    sleep N ms before each token
  *   [sim:tool_xml]      a tool call (see "Function calling" below) in the XML-like form
  *   [sim:echo]          the echo answer even when the prompt asks for a tool (so a test can
@@ -157,6 +167,10 @@
 #define SIM_VERSION "1.3.0"
 #else
 #error "RKLLM_SIM_ABI must be 11, 120, 12 or 13"
+#endif
+#ifdef RKLLM_SIM_VERSION_STRING
+#undef SIM_VERSION
+#define SIM_VERSION RKLLM_SIM_VERSION_STRING
 #endif
 
 #define SIM_HAS_1_2_0 (SIM_FAMILY >= 2) /* n_keep, keep_history, chat template, kv cache */
@@ -1419,6 +1433,28 @@ static void kv_free(SimHandle *h) {
     free(h->pc_last_saved);
 }
 
+/* RKLLM_SIM_CALLBACK_TIMES: one line per timed callback, written after the callback returned. */
+static void sim_record_callback_ns(long long start, long long ns) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    const char *path = getenv("RKLLM_SIM_CALLBACK_TIMES");
+    if (!path || !*path) return;
+    pthread_mutex_lock(&mu);
+    FILE *f = fopen(path, "a");
+    if (f) {
+        fprintf(f, "%lld %lld\n", start, ns);
+        fclose(f);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static long long sim_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int sim_call_back(LLMResultCallback cb, RKLLMResult *r, void *userdata, LLMCallState state);
+
 /* Calls the user's callback; returns what it returned (always 0 before 1.2.1). */
 static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t token_id,
                     LLMCallState state, const void *perf) {
@@ -1437,10 +1473,19 @@ static int sim_emit(SimHandle *h, void *userdata, const char *text, int32_t toke
     LLMResultCallback cb = h->callback;
 #endif
     if (!cb) return 0;
+    if (state != RKLLM_RUN_NORMAL || !getenv("RKLLM_SIM_CALLBACK_TIMES"))
+        return sim_call_back(cb, &r, userdata, state);
+    long long t0 = sim_now_ns();
+    int rc = sim_call_back(cb, &r, userdata, state);
+    sim_record_callback_ns(t0, sim_now_ns() - t0);
+    return rc;
+}
+
+static int sim_call_back(LLMResultCallback cb, RKLLMResult *r, void *userdata, LLMCallState state) {
 #if SIM_HAS_1_2_1
-    return cb(&r, userdata, state);
+    return cb(r, userdata, state);
 #else
-    cb(&r, userdata, state);
+    cb(r, userdata, state);
     return 0;
 #endif
 }
@@ -1455,6 +1500,19 @@ static void sim_crash(void) {
     sim_log("E rkllm-sim: simulated crash, raising SIGSEGV");
     raise(SIGSEGV);
     abort();
+}
+
+/* [sim:hang_hard]: never returns and never looks at the abort flag, like a run stuck in the NPU. */
+static void sim_hang_forever(void) {
+    sim_log("W rkllm-sim: hanging for ever, ignoring rkllm_abort");
+    for (;;) sim_sleep_slice(1000);
+}
+
+/* RKLLM_SIM_FAIL=init_crash: rkllm_init dies before it returns. */
+static void sim_init_crash_if_asked(void) {
+    if (!sim_env_is("RKLLM_SIM_FAIL", "init_crash")) return;
+    sim_log("E rkllm-sim: simulated crash in rkllm_init (RKLLM_SIM_FAIL=init_crash)");
+    sim_crash();
 }
 
 /* How a run ended, into the record and the simulated KV cache ("history"). */
@@ -1492,6 +1550,7 @@ static int sim_stream(SimJob *job) {
     const char *fail = getenv("RKLLM_SIM_FAIL");
     bool crash = sim_directive(prompt, "crash") || (fail && strcmp(fail, "crash") == 0);
     bool hang = sim_directive(prompt, "hang");
+    bool hang_hard = sim_directive(prompt, "hang_hard");
     long error_after = sim_directive_value(prompt, "error_after");
     long delay_ms = sim_directive_value(prompt, "delay_ms");
 
@@ -1573,6 +1632,7 @@ static int sim_stream(SimJob *job) {
             break;
         }
         if (partial && !waiting_text) sim_emit(h, job->userdata, NULL, -1, RKLLM_RUN_WAITING, NULL);
+        if (hang_hard) sim_hang_forever();
         if (hang) {
             while (!atomic_load(&h->abort_flag)) sim_sleep_slice(SIM_SLICE_MS);
             aborted = true;
@@ -1789,6 +1849,7 @@ SIM_EXPORT int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallbac
         sim_log("E rkllm: param is NULL");
         return -1;
     }
+    sim_init_crash_if_asked();
     if (sim_env_is("RKLLM_SIM_FAIL", "init")) {
         sim_log("E rkllm: simulated init failure (RKLLM_SIM_FAIL=init)");
         return -1;

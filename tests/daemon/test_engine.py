@@ -75,6 +75,8 @@ def test_load_errors_come_back_from_the_child(broker, daemon_settings, tmp_path)
 
 
 def test_runtime_isolation_key_selects_the_engine(broker, daemon_settings):
-    assert isinstance(Service(daemon_settings(broker)).engine, InProcessEngine)
+    assert isinstance(Service(daemon_settings(broker)).engine, ProcessEngine)  # the default
+    assert isinstance(Service(daemon_settings(broker, runtime={"isolation": "thread"})).engine,
+                      InProcessEngine)
     isolated = Service(daemon_settings(broker, runtime={"isolation": "process"}))
     assert isinstance(isolated.engine, ProcessEngine)

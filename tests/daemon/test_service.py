@@ -263,7 +263,7 @@ def test_runtime_errors(broker, daemon, probe_factory):
 
 def test_conversations_keep_the_cache_for_the_latest_and_rebuild_others(broker, daemon,
                                                                         probe_factory):
-    svc = daemon(broker)
+    svc = daemon(broker, runtime={"isolation": "thread"})  # reads the simulator's record
     probe = probe_factory(broker, topics=(svc.topics["response"],))
 
     def say(rid: str, conv: str | None, text: str) -> str:
@@ -386,7 +386,7 @@ def test_model_that_does_not_load_reports_error_and_goes_offline(broker, daemon_
 
 
 def test_system_prompt_enters_the_cache_once_per_conversation(broker, daemon, probe_factory):
-    svc = daemon(broker, runtime={"system_prompt": "SYS"})
+    svc = daemon(broker, runtime={"system_prompt": "SYS", "isolation": "thread"})  # reads the sim
     probe = probe_factory(broker, topics=(svc.topics["response"],))
     for rid, text in (("s1", "first"), ("s2", "second"), ("s3", "third")):
         probe.publish(svc.topics["prompt"], {"id": rid, "prompt": text, "conversation": "C"})
@@ -435,7 +435,7 @@ def test_a_start_announces_discovery_once(broker, daemon, daemon_settings, probe
 
 def test_a_chat_client_sending_its_whole_history_continues_the_cache(broker, daemon,
                                                                      probe_factory):
-    svc = daemon(broker)
+    svc = daemon(broker, runtime={"isolation": "thread"})  # reads the simulator's record
     probe = probe_factory(broker, topics=(svc.topics["response"],))
 
     def say(rid: str, messages: list[dict[str, str]]) -> str:

@@ -49,6 +49,17 @@ def tokens_text(replies: list[dict]) -> str:
 
 
 @pytest.fixture
+def daemon(daemon):
+    """The runtime in the daemon's own thread: these tests read what crossed the C boundary from
+    the session's simulator record, the runtime's log through caplog, and patch its bounds.
+    The child-process path has its own test below (isolation "process")."""
+    def start(address: Any, **sections: Any) -> Any:
+        runtime = {"isolation": "thread"} | sections.pop("runtime", {})
+        return daemon(address, runtime=runtime, **sections)
+    return start
+
+
+@pytest.fixture
 def on_family(broker, daemon):
     def start(abi: str, **sections: Any) -> Any:
         runtime = {"library": str(build_simulator(abi)), "abi": abi} | sections.pop("runtime", {})

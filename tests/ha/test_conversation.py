@@ -12,11 +12,13 @@ import asyncio
 import itertools
 import json
 import logging
+import queue
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import OutsideClient, wait_until
+from harness import WAIT_TIMEOUT_S, OutsideClient, Received, wait_until
 from homeassistant.components import conversation
 from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Context, HomeAssistant
@@ -43,25 +45,43 @@ PREFIX = f"{BASE_TOPIC}/{NODE_ID}"
 
 
 class Spy:
-    """An outside client that sees the requests HA sends and the replies the daemon gives."""
+    """An outside client that sees the requests HA sends and the replies the daemon gives.
+
+    It keeps every message until a call takes it, on any of its topics: the daemon's final reply
+    may come before HA's abort (the request's ttl_s can end the run first), and waiting for the
+    abort must not drop it."""
 
     def __init__(self, client: OutsideClient) -> None:
         self.client = client
+        self.kept: list[Received] = []
         client.subscribe(f"{PREFIX}/prompt")
         client.subscribe(f"{PREFIX}/abort")
         client.subscribe(f"{BASE_TOPIC}/reply/#")
 
+    async def next(self, topic: str) -> Received:
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while True:
+            for i, msg in enumerate(self.kept):
+                if msg.topic == topic:
+                    return self.kept.pop(i)
+            try:
+                self.kept.append(self.client.messages.get_nowait())
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no message on {topic} within {WAIT_TIMEOUT_S} s") from None
+                await asyncio.sleep(0.02)
+
     async def request(self) -> dict[str, Any]:
-        return json.loads((await self.client.next_message(f"{PREFIX}/prompt")).payload)
+        return json.loads((await self.next(f"{PREFIX}/prompt")).payload)
 
     async def final(self, request: dict[str, Any]) -> dict[str, Any]:
         while True:
-            reply = json.loads((await self.client.next_message(request["response_topic"])).payload)
+            reply = json.loads((await self.next(request["response_topic"])).payload)
             if reply["id"] == request["id"] and reply["type"] == "final":
                 return reply
 
     async def abort(self) -> str:
-        return (await self.client.next_message(f"{PREFIX}/abort")).payload.decode()
+        return (await self.next(f"{PREFIX}/abort")).payload.decode()
 
 
 @pytest.fixture
@@ -271,7 +291,7 @@ async def test_an_abort_from_elsewhere_is_an_error_reply(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     # What the daemon's Abort button (its MQTT button entity) publishes: an empty ~/abort.
     spy.client.publish(f"{PREFIX}/abort", "")
     result = await task
@@ -289,7 +309,7 @@ async def test_a_cancelled_turn_aborts_the_request(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -492,7 +512,7 @@ async def test_a_reload_during_an_answer_aborts_it(
 
     task = hass.async_create_task(converse(hass, "Long story [sim:hang]"))
     request = await spy.request()
-    await spy.client.next_message(request["response_topic"])  # the first token: it is running
+    await spy.next(request["response_topic"])  # the first token: it is running
     assert await hass.config_entries.async_reload(entry.entry_id)
     result = await task
     assert _error_speech(result) == (

@@ -267,9 +267,12 @@ def test_stop_sequence_ends_the_run_without_the_stop_text(
     family: str,
 ) -> None:
     session = open_session(family)
-    answer = expected_answer("stop here")
+    # at a token's pace (5 ms here, 60 ms on an NPU): the token thread sees the stop sequence and
+    # aborts the library before its next token; at unlimited speed the run could end first
+    prompt = "stop here [sim:delay_ms=5]"
+    answer = expected_answer(prompt)
     sink = Recorder()
-    request = GenerationRequest(prompt="stop here", stop=("unknown", "ünï"))
+    request = GenerationRequest(prompt=prompt, stop=("unknown", "ünï"))
     outcome = session.generate(request, sink).result(WAIT_S)
     assert isinstance(outcome, FinalEvent)
     assert outcome.finish_reason == "stop_sequence"
@@ -277,7 +280,7 @@ def test_stop_sequence_ends_the_run_without_the_stop_text(
     assert inspect(session)["run"]["aborted"] is True  # the library stopped generating
 
 
-def test_sink_may_abort_from_inside_the_callback(
+def test_sink_may_abort_the_run_it_receives_tokens_from(
     open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
     family: str,
 ) -> None:
@@ -288,8 +291,10 @@ def test_sink_may_abort_from_inside_the_callback(
         if "tok2" in event.text:
             generations[0].abort()
 
+    # the sink runs on the token thread, so at a token's pace the abort lands within a token
     sink = Recorder(on_token=abort_at_third)
-    generations.append(session.generate(GenerationRequest(prompt="[sim:tokens=500]"), sink))
+    generations.append(session.generate(
+        GenerationRequest(prompt="[sim:tokens=500][sim:delay_ms=2]"), sink))
     outcome = generations[0].result(WAIT_S)
     assert outcome.finish_reason == "abort"
     assert outcome.text.startswith("tok0 tok1 tok2") and outcome.text == "".join(sink.pieces)
