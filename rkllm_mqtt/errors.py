@@ -34,3 +34,15 @@ class RuntimeRunError(RkllmMqttError):
 
 class SimulatorBuildError(RkllmMqttError):
     """The simulator library could not be compiled (no C compiler, compile error)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An unexpected exception as the one-line message of an error reply: what it is, not where.
+
+    Our own errors already read as a sentence; anything else is a bug, named by its type.
+    """
+    text = " ".join(str(err).split())
+    if isinstance(err, RkllmMqttError | ValueError):
+        return text or type(err).__name__
+    return f"internal error ({type(err).__name__}): {text}" if text else (
+        f"internal error ({type(err).__name__})")
