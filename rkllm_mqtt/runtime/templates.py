@@ -79,6 +79,8 @@ def choose(setting: str, model_file: str) -> tuple[ChatTemplate | None, str]:
     if setting == "model":
         return None, 'runtime.chat_template = "model": the model\'s own template'
     if setting != "auto":
+        if setting not in TEMPLATES:
+            raise ValueError(f"runtime.chat_template: {setting!r} is not one of {', '.join(CHOICES)}")
         return TEMPLATES[setting], f'runtime.chat_template = "{setting}"'
     name = model_file.lower()
     for pattern, template in _BY_NAME:
