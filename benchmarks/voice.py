@@ -88,8 +88,9 @@ class Peer:
     """The peers' way through our own binding: everything in the prompt text, nothing kept."""
 
     def __init__(self, sim: harness.Simulator, system: str, tools: list[dict[str, Any]]) -> None:
+        # chat_template "model": the model's own template, the system text in the prompt text
         options = RuntimeOptions(library=str(sim.library), abi=ABI, model=str(sim.model),
-                                 max_context_len=harness.MAX_CONTEXT)
+                                 max_context_len=harness.MAX_CONTEXT, chat_template="model")
         self.session = Session(options)
         self.session.open()
         self.system = f"{system}\n\n# Tools\n{json.dumps(tools, ensure_ascii=False)}"

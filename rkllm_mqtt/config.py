@@ -170,6 +170,10 @@ class RuntimeSettings(_Section):
     system_prompt: str | None = None
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
+    # The markup rkllm_set_chat_template gets on 1.2.0+ (runtime/templates.py): "auto" picks it by
+    # the model file's name; "model" keeps the model's own template, with the system text in the
+    # prompt (prefilled again by every conversation). prompt_prefix/prompt_postfix win over it.
+    chat_template: Literal["auto", "model", "chatml", "deepseek", "llama3", "gemma"] = "auto"
     keep_history: bool = True
     # Warm start: prompt cache files (RKLLMPromptCacheParam / rkllm_load_prompt_cache), one per
     # model + runtime version + prefix, so the first turn after a restart does not prefill the

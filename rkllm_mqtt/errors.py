@@ -8,6 +8,7 @@ from rkllm_mqtt.runtime.errors import (
     RuntimeInitError,
     RuntimeLoadError,
     RuntimeRunError,
+    one_line,
 )
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "RuntimeLoadError",
     "RuntimeRunError",
     "SimulatorBuildError",
+    "one_line",
 ]
 
 

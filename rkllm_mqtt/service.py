@@ -38,7 +38,7 @@ from rkllm_mqtt.engine import (
     ProcessEngine,
     RunCommand,
 )
-from rkllm_mqtt.errors import RkllmMqttError
+from rkllm_mqtt.errors import RkllmMqttError, one_line
 from rkllm_mqtt.ha_outputs import HomeAssistantOutputs
 from rkllm_mqtt.memory import HeapTrimmer
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
@@ -408,7 +408,10 @@ class Service:
         try:
             self.engine.run(request.key, RunCommand(generation, plan.clear_kv))
         except (RkllmMqttError, ValueError) as err:
-            self._on_outcome(request.key, ErrorEvent(ErrorCode.RUNTIME_ERROR, str(err)))
+            self._on_outcome(request.key, ErrorEvent(ErrorCode.RUNTIME_ERROR, one_line(err)))
+        except Exception as err:  # a bug: answer the request now, not at its timeout
+            log.error("request %s could not start: %s", request.key, one_line(err), exc_info=True)
+            self._on_outcome(request.key, ErrorEvent(ErrorCode.RUNTIME_ERROR, one_line(err)))
 
     def _on_outcome(self, job_id: str, event: FinalEvent | ErrorEvent) -> None:
         job = self._running

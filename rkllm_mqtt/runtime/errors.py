@@ -25,3 +25,16 @@ class RuntimeInitError(RkllmMqttError):
 
 class RuntimeRunError(RkllmMqttError):
     """A call into the runtime failed outside of a generation (clear, template, closed session)."""
+
+
+def one_line(err: BaseException) -> str:
+    """An unexpected exception as the one-line message of an error reply: what it is, not where.
+
+    Our own errors already read as a sentence; anything else is a bug, named by its type.
+    """
+    text = " ".join(str(err).split())
+    if isinstance(err, RkllmMqttError | ValueError):
+        return text or type(err).__name__
+    return f"internal error ({type(err).__name__}): {text}" if text else (
+        f"internal error ({type(err).__name__})")
+

@@ -7,14 +7,17 @@ receives back over the socket. So a run behaves alike in both; only the transpor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode
-from rkllm_mqtt.runtime.errors import RkllmMqttError
+from rkllm_mqtt.runtime.errors import RkllmMqttError, one_line
 from rkllm_mqtt.runtime.events import ErrorEvent, Event, GenerationRequest, TokenEvent
 from rkllm_mqtt.runtime.session import Generation, Session
+
+log = logging.getLogger(__name__)
 
 # Receives every event of a job, from the runtime's threads.
 JobSink = Callable[[str, Event], None]
@@ -52,13 +55,18 @@ class Jobs:
         self._generations: dict[str, Generation] = {}
 
     def run(self, job_id: str, command: RunCommand) -> None:
-        """Start a job; a refusal (closed session, failed clear) becomes its ErrorEvent."""
+        """Start a job; a refusal (closed session, failed clear) or any other exception before
+        the run is queued becomes its one ErrorEvent, so the request is answered at once."""
         try:
             if command.clear_kv:
                 self.session.clear()
             generation = self.session.generate(command.request, partial(self._forward, job_id))
         except (RkllmMqttError, ValueError) as err:
-            self._sink(job_id, ErrorEvent(ErrorCode.RUNTIME_ERROR, str(err)))
+            self._sink(job_id, ErrorEvent(ErrorCode.RUNTIME_ERROR, one_line(err)))
+            return
+        except Exception as err:  # a bug: answer the request, keep serving
+            log.error("job %s failed before it ran: %s", job_id, one_line(err), exc_info=True)
+            self._sink(job_id, ErrorEvent(ErrorCode.RUNTIME_ERROR, one_line(err)))
             return
         self._generations[job_id] = generation
         if generation.done:  # it ended before it was stored: _forward found nothing to drop

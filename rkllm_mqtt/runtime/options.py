@@ -36,6 +36,7 @@ class RuntimeOptions:
     system_prompt: str | None = None
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
+    chat_template: str = "auto"  # "auto" | "model" | a name in runtime/templates.py
     prompt_cache_dir: str | None = None  # warm start: prompt cache files (runtime/prompt_cache.py)
     prompt_cache_max_files: int = 4
     prompt_cache_max_mb: int = 1024

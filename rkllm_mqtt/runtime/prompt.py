@@ -6,10 +6,13 @@ RKLLMInput has no "system" role and takes one string, so a chat becomes (system 
   passed as it is; several turns become a plain transcript ("User: …\\nAssistant: …\\nUser: …")
   that the model's own template then wraps as one user turn. Simple on purpose: the runtime owns
   the real template, and a transcript is what every instruct model follows.
-- `plan_prompt`: where the system text goes. On 1.2.0+ `rkllm_set_chat_template` puts it in the
-  template, but only when both prefix and postfix are configured: a template with an empty
-  prefix/postfix would replace the model's built-in one with nothing, so otherwise the system text
-  is prepended to the prompt. 1.1.x has no template API; prefix/system/postfix are applied here.
+- `plan_prompt`: where the system text goes. On 1.2.0+ it goes to `rkllm_set_chat_template`, wrapped
+  in the system segment of the chat template in use (`templates.py`: chosen by
+  `runtime.chat_template`, or the configured prompt_prefix/prompt_postfix, which then own the
+  markup and take the system text as it is); so it sits in the KV cache as the system segment and
+  is prefilled once for every conversation. Only with `chat_template = "model"` and no configured
+  prefix/postfix is the model's own template kept, and the system text is prepended to the prompt.
+  1.1.x has no template API; prefix/system/postfix are applied here.
 - `plan_request`: the whole decision for one run, tools included. On 1.2.1+ the tools and the
   system text go to rkllm_set_function_tools, and a round of tool results is one input of role
   "tool" (the 1.3.0 demo's way); before 1.2.1 the tools are rendered into the system text and the
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from rkllm_mqtt.runtime.contract import Message
+from rkllm_mqtt.runtime.templates import ChatTemplate, carries_markup
 from rkllm_mqtt.runtime.tools import (
     hermes_system,
     merge_tool_results,
@@ -77,19 +81,38 @@ class Template:
 
 @dataclass(frozen=True)
 class TemplateConfig:
-    """runtime.system_prompt / prompt_prefix / prompt_postfix as configured (None = unset)."""
+    """runtime.system_prompt / prompt_prefix / prompt_postfix as configured (None = unset), and
+    the chat template `runtime.chat_template` chose (None = the model's own)."""
 
     system_prompt: str | None = None
     prompt_prefix: str | None = None
     prompt_postfix: str | None = None
+    chat: ChatTemplate | None = None
 
-    def native(self) -> Template | None:
-        """The template to set at init on 1.2.0+; None keeps the model's built-in template."""
+    def configured(self) -> Template | None:
+        """The configured prefix/postfix (with the system prompt as it is), if any is set."""
         if self.prompt_prefix is None and self.prompt_postfix is None:
             return None
         return Template(
             self.system_prompt or "", self.prompt_prefix or "", self.prompt_postfix or ""
         )
+
+    def native(self) -> Template | None:
+        """The template for rkllm_set_chat_template on 1.2.0+; None keeps the model's own."""
+        configured = self.configured()
+        if configured is not None or self.chat is None:
+            return configured
+        return Template(self.wrap(self.system_prompt or "", configured=True),
+                        self.chat.prefix, self.chat.postfix)
+
+    def wrap(self, system: str, *, configured: bool = False) -> str:
+        """`system` as the template's system segment. Configured prefix/postfix own the markup,
+        and a configured system prompt that carries markup is already a segment: both as is."""
+        if self.chat is None or self.configured() is not None:
+            return system
+        if configured and carries_markup(system):
+            return system
+        return self.chat.system_segment(system)
 
 
 @dataclass(frozen=True)
@@ -109,20 +132,20 @@ def plan_prompt(
     config: TemplateConfig, system: str | None, prompt: str, *, native_template: bool
 ) -> PromptPlan:
     """Decide the prompt text and, on 1.2.0+, whether this run needs another chat template."""
-    configured = config.native()
     if not native_template:  # 1.1.x: the whole template is applied here
+        configured = config.configured()
         system = system or config.system_prompt
         if configured is None:
             return PromptPlan(_prepend(system, prompt), None)
         text = f"{system or ''}{configured.prompt_prefix}{prompt}{configured.prompt_postfix}"
         return PromptPlan(text, None)
-    if system is None:
-        if configured is None:  # a bare configured system prompt: keep the model's template
-            return PromptPlan(_prepend(config.system_prompt, prompt), None)
+    native = config.native()
+    if native is None:  # the model's own template: the system text travels in the prompt
+        return PromptPlan(_prepend(system or config.system_prompt, prompt), None)
+    if system is None:  # the configured template, set at init or by the first run, holds it
         return PromptPlan(prompt, None)
-    if config.prompt_prefix is not None and config.prompt_postfix is not None:
-        return PromptPlan(prompt, Template(system, config.prompt_prefix, config.prompt_postfix))
-    return PromptPlan(_prepend(system, prompt), None)
+    return PromptPlan(prompt, Template(config.wrap(system), native.prompt_prefix,
+                                       native.prompt_postfix))
 
 
 def plan_request(

@@ -38,7 +38,7 @@ from rkllm_mqtt.runtime.common import (
     LLMHandle,
 )
 from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode, FinishReason, Message
-from rkllm_mqtt.runtime.errors import RuntimeInitError, RuntimeRunError
+from rkllm_mqtt.runtime.errors import RuntimeInitError, RuntimeRunError, one_line
 from rkllm_mqtt.runtime.events import (
     NO_STATS,
     ErrorEvent,
@@ -72,6 +72,7 @@ from rkllm_mqtt.runtime.prompt import (
 )
 from rkllm_mqtt.runtime.prompt_cache import Prefix, PromptCacheStore
 from rkllm_mqtt.runtime.stream import TextStream
+from rkllm_mqtt.runtime.templates import choose
 from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,14 @@ def _yield_to_the_runtime() -> None:
     a CPU is free instead, which at a token's pace is at once."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or forbidden: only slower
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+def _partial_text(generation: Generation) -> str:
+    """What a failed run had streamed, if even that can still be read."""
+    try:
+        return generation._run.text
+    except Exception:  # the failure may be in the stream itself
+        return ""
 
 
 class Generation:
@@ -195,8 +204,9 @@ class Session:
         self.library_path: str = settings.library
         self.model_name: str = os.path.basename(settings.model or "")
         self.supports_history = False
+        chat, self._template_reason = choose(settings.chat_template, self.model_name)
         self._templates = TemplateConfig(
-            settings.system_prompt, settings.prompt_prefix, settings.prompt_postfix
+            settings.system_prompt, settings.prompt_prefix, settings.prompt_postfix, chat
         )
         self._open_lock = threading.Lock()  # one open() at a time
         self._lock = threading.Lock()  # states of generations, open/closed
@@ -430,7 +440,13 @@ class Session:
             )
         self.runtime_version = self.runtime_version or logged
         self._prefill = PrefillState(self._prompt_cache_store(), kv_history=self.abi != "1.1")
-        configured = self._templates.native() if self.abi != "1.1" else None
+        if self.abi != "1.1":
+            self._log_template()
+        # A template with a system prompt (or the user's own markup) is set now, so a bad one
+        # fails the start; the table's alone waits for the first run, which may bring its own.
+        templates = self._templates
+        configured = (templates.native() if self.abi != "1.1"
+                      and (templates.system_prompt or templates.configured()) else None)
         if configured is not None:
             status = self._set_template(configured)
             if status != 0:
@@ -440,6 +456,18 @@ class Session:
                     "prompt_prefix/prompt_postfix"
                 )
         self._warm_start()
+
+    def _log_template(self) -> None:
+        """One line at start: which markup the system prompt and turns travel in, and why."""
+        templates = self._templates
+        if templates.configured() is not None:
+            log.info("chat template: runtime.prompt_prefix/prompt_postfix as configured "
+                     "(the system prompt goes to rkllm_set_chat_template as it is)")
+        elif templates.chat is None:
+            log.info("chat template: the model's own (%s); the system prompt travels in the "
+                     "prompt and every new conversation prefills it again", self._template_reason)
+        else:
+            log.info("chat template: %s (%s)", templates.chat.name, self._template_reason)
 
     def _prompt_cache_store(self) -> PromptCacheStore | None:
         directory = self.settings.prompt_cache_dir
@@ -564,9 +592,8 @@ class Session:
                 else FinalEvent("", "abort", NO_STATS)
             )
         except Exception as err:  # turn a bug into an error reply, keep serving
-            log.exception("RKLLM generation failed")
-            outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, f"internal error: {err}",
-                                 generation._run.text)
+            log.error("RKLLM generation failed: %s", one_line(err), exc_info=True)
+            outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, one_line(err), _partial_text(generation))
         with self._lock:
             generation._state = _DONE
             self._running = None
@@ -578,7 +605,8 @@ class Session:
         plan, run = generation._plan, generation._run
         configured = self._templates.native() if self.abi != "1.1" else None
         wanted = plan.template or configured
-        if wanted != self._template_now and wanted is not None:
+        # 1.2.1+ with tools: rkllm_set_function_tools holds the system prompt, the template stays.
+        if wanted != self._template_now and wanted is not None and plan.function_tools is None:
             status = self._set_template(wanted)
             if status != 0:
                 return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_chat_template failed ({status})")

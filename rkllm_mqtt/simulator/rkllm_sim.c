@@ -115,7 +115,8 @@
  *        keep_history (1.2.0), sampling (null or the 9 fields), max_new_tokens (1.3 only),
  *        userdata, callback_thread, generated_tokens, aborted, paused, finished, ret,
  *        tool_call (the function the simulated model called, or null)
- *   chat_template (null or system_prompt/prompt_prefix/prompt_postfix),
+ *   chat_template (null or system_prompt/prompt_prefix/prompt_postfix/calls, calls = how many
+ *                  times rkllm_set_chat_template was called),
  *   function_tools (1.2.1; null or system_prompt/tools/tool_response_str/calls, calls = how many
  *                   times rkllm_set_function_tools was called),
  *   clear_kv_cache {count, keep_system_prompt, start_pos/end_pos (1.2.1; null for NULL pointers)},
@@ -608,6 +609,7 @@ typedef struct {
 
     bool has_template;
     char *tpl_system, *tpl_prefix, *tpl_postfix;
+    long tpl_calls; /* rkllm_set_chat_template calls since init */
     bool has_tools;
     char *tools_system, *tools_json, *tools_response;
     long tools_calls; /* rkllm_set_function_tools calls since init */
@@ -2134,6 +2136,9 @@ SIM_EXPORT int rkllm_set_chat_template(LLMHandle handle, const char *system_prom
     if (!h) return -1;
     sim_keep3(h, &h->has_template, &h->tpl_system, &h->tpl_prefix, &h->tpl_postfix, system_prompt,
               prompt_prefix, prompt_postfix);
+    pthread_mutex_lock(&h->mu);
+    h->tpl_calls++;
+    pthread_mutex_unlock(&h->mu);
     return 0;
 }
 #endif
@@ -2324,6 +2329,7 @@ static void sim_inspect_json(SimBuf *b, const SimHandle *h) {
         json_kstr(b, &g, "system_prompt", h->tpl_system);
         json_kstr(b, &g, "prompt_prefix", h->tpl_prefix);
         json_kstr(b, &g, "prompt_postfix", h->tpl_postfix);
+        json_kint(b, &g, "calls", h->tpl_calls);
         buf_puts(b, "}");
     } else {
         buf_puts(b, "null");

@@ -90,6 +90,63 @@ def test_three_conversations_prefill_the_prefix_once(abi, broker, on_family, pro
         assert inspect(svc)["clear_kv_cache"]["count"] == c  # one clear per new conversation
 
 
+@pytest.fixture
+def on_defaults(broker, daemon):
+    """The daemon with the DEFAULT runtime config (chat_template "auto", no prefix/postfix)."""
+    def start(abi: str) -> Any:
+        keys = {"library": str(build_simulator(abi)), "abi": abi, "max_context_len": 4096,
+                "isolation": "thread"}
+        return daemon(broker, runtime=keys)
+    return start
+
+
+@pytest.mark.parametrize("with_tools", [False, True], ids=["no-tools", "tools"])
+@pytest.mark.parametrize("abi", ["1.2.0", "1.2", "1.3"])
+def test_with_the_default_config_the_prefix_reaches_the_library_once(
+    abi, with_tools, broker, on_defaults, probe_factory
+):
+    """Issue #9's bar: 3 voice sessions (new conversation ids) of 3 turns each. The long system
+    prompt (and tools) reach rkllm_set_chat_template / rkllm_set_function_tools once, never a
+    prompt text; no clear drops the system prompt; each run sends only its new turn."""
+    svc = on_defaults(abi)
+    probe = probe_factory(broker, topics=(f"{svc.prefix}/#",))
+    native_tools = with_tools and abi != "1.2.0"
+    prefix_tokens = math.ceil(len(SYSTEM) / 4)
+    for c in range(3):
+        for t in range(3):
+            text = f"Question {t} in room {c}?"
+            rid = f"d{c}{t}"
+            request = {"id": rid, "conversation": f"assist-{c}", "system": SYSTEM, "prompt": text}
+            probe.publish(svc.topics["prompt"], request | ({"tools": TOOLS} if with_tools else {}))
+            final = probe.final(rid)
+            assert final["status"] == "ok", final
+            sim = inspect(svc)
+            run = sim["run"]
+            assert run["prompt"] == text  # only the new turn, never the system prompt
+            for entry in sim["history"]:
+                assert SYSTEM[:40] not in entry
+            assert sim["kv_cache"]["system_dropped_by_clear"] == 0
+            if sim["clear_kv_cache"]["count"]:
+                assert sim["clear_kv_cache"]["keep_system_prompt"] == 1
+            if native_tools:  # 1.2.1+: the tools call holds the system prompt
+                assert sim["function_tools"]["calls"] == 1
+                assert sim["function_tools"]["system_prompt"] == SYSTEM
+                assert sim["chat_template"] is None
+            else:  # the chat template's system segment holds it (with the tools on 1.2.0)
+                template = sim["chat_template"]
+                assert template["calls"] == 1
+                assert template["system_prompt"].startswith(f"<|im_start|>system\n{SYSTEM}")
+                assert template["system_prompt"].endswith("<|im_end|>\n")
+                assert ("<tools>" in template["system_prompt"]) == with_tools
+                assert template["prompt_prefix"] == "<|im_start|>user\n"
+                if abi == "1.2" and not with_tools:
+                    assert sim.get("function_tools") is None
+            if (c, t) != (0, 0):  # the prefix came from the KV cache
+                assert run["cached_tokens"] >= prefix_tokens
+                assert run["prefill_tokens"] < 40
+    assert inspect(svc)["clear_kv_cache"]["count"] == 2  # one per new conversation after the first
+
+
 def test_switching_between_two_conversations_never_prefills_the_prefix_again(
     broker, on_family, probe_factory
 ):

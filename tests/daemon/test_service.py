@@ -299,6 +299,15 @@ def _sim_history(lib, handle) -> list[str]:
     return json.loads(fn(handle))["history"]
 
 
+def _sim_chat_template(lib, handle) -> dict:
+    import ctypes
+
+    fn = lib["rkllm_sim_inspect"]
+    fn.argtypes = [ctypes.c_void_p]
+    fn.restype = ctypes.c_char_p
+    return json.loads(fn(handle))["chat_template"]
+
+
 def test_discovery_published_and_resent_when_home_assistant_comes_online(
         broker, daemon, probe_factory):
     svc = daemon(broker, homeassistant={"discovery": True, "rediscovery_delay_max_s": 0.0,
@@ -385,8 +394,22 @@ def test_model_that_does_not_load_reports_error_and_goes_offline(broker, daemon_
     assert states == ["loading", "error"]
 
 
-def test_system_prompt_enters_the_cache_once_per_conversation(broker, daemon, probe_factory):
+def test_configured_system_prompt_never_enters_a_prompt(broker, daemon, probe_factory):
     svc = daemon(broker, runtime={"system_prompt": "SYS", "isolation": "thread"})  # reads the sim
+    probe = probe_factory(broker, topics=(svc.topics["response"],))
+    for rid, text in (("s1", "first"), ("s2", "second")):
+        probe.publish(svc.topics["prompt"], {"id": rid, "prompt": text, "conversation": "C"})
+        assert probe.final(rid)["status"] == "ok"
+    assert svc.engine.session.call_native(_sim_history)[0::2] == ["first", "second"]
+    template = svc.engine.session.call_native(_sim_chat_template)
+    assert template["system_prompt"] == "<|im_start|>system\nSYS<|im_end|>\n"
+    assert template["calls"] == 1  # set at start, kept for every run
+
+
+def test_with_the_models_own_template_the_system_prompt_enters_once_per_conversation(
+        broker, daemon, probe_factory):
+    svc = daemon(broker, runtime={"system_prompt": "SYS", "chat_template": "model",
+                                  "isolation": "thread"})  # reads the sim
     probe = probe_factory(broker, topics=(svc.topics["response"],))
     for rid, text in (("s1", "first"), ("s2", "second"), ("s3", "third")):
         probe.publish(svc.topics["prompt"], {"id": rid, "prompt": text, "conversation": "C"})

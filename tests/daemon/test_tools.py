@@ -90,10 +90,16 @@ def test_turn_on_is_a_tool_call_then_the_result_is_answered(abi, broker, on_fami
         assert (sim["run"]["prompt"], sim["run"]["role"]) == ("Turn on the kitchen light.", "user")
     else:  # rendered into the system text by the daemon, Qwen's way
         assert "function_tools" not in sim or sim["function_tools"] is None
-        prompt = sim["run"]["prompt"]
-        assert prompt.startswith("Be brief.\n\n# Tools\n")
-        assert "<tools>\n" + "\n".join(json.dumps(t) for t in TOOLS) + "\n</tools>" in prompt
-        assert prompt.endswith("Turn on the kitchen light.")
+        # 1.2.0: the system text goes to rkllm_set_chat_template (ChatML's system segment);
+        # 1.1 (no template API): in front of the prompt
+        system = (sim["chat_template"]["system_prompt"] if abi == "1.2.0"
+                  else sim["run"]["prompt"])
+        start = "<|im_start|>system\nBe brief." if abi == "1.2.0" else "Be brief."
+        assert system.startswith(start + "\n\n# Tools\n")
+        assert "<tools>\n" + "\n".join(json.dumps(t) for t in TOOLS) + "\n</tools>" in system
+        assert sim["run"]["prompt"].endswith("Turn on the kitchen light.")
+        if abi == "1.2.0":
+            assert sim["run"]["prompt"] == "Turn on the kitchen light."
 
     result = json.dumps({"success": True, "targets": ["light.kitchen"]})
     probe.publish(svc.topics["prompt"], {

@@ -76,12 +76,13 @@ async def test_generate_sends_the_system_prompt_and_picks_the_only_daemon(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     hass = ha_with_mqtt
-    start_daemon()
+    # The model's own template: the daemon puts the system text in front of the prompt, where the
+    # simulator's answer (an echo of the prompt) shows it arrived.
+    start_daemon(chat_template="model")
     await setup_entry(hass)
     await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
 
     response = await _generate(hass, prompt="Hi", system="Be brief.")
-    # No chat template configured on this daemon: the system text is prepended to the prompt.
     assert response["text"] == expected_answer("Be brief.\n\nHi")
 
 
@@ -143,7 +144,7 @@ async def test_an_empty_system_is_the_daemons_own(
     hass = ha_with_mqtt
     spy = outside_client()
     spy.subscribe(f"{PREFIX}/prompt")
-    start_daemon(system_prompt="You are the kitchen.")
+    start_daemon(system_prompt="You are the kitchen.", chat_template="model")  # echoed (above)
     await setup_entry(hass)
     await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
 

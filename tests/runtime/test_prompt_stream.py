@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from rkllm_mqtt.runtime.common import check_layout
 from rkllm_mqtt.runtime.nativelog import explain_init_failure, logged_runtime_version
 from rkllm_mqtt.runtime.prompt import Template, TemplateConfig, plan_prompt
 from rkllm_mqtt.runtime.stream import TextStream
+from rkllm_mqtt.runtime.templates import CHATML
 
 
 def test_single_user_message_is_passed_as_is() -> None:
@@ -40,6 +42,8 @@ def test_nothing_to_ask_is_an_error() -> None:
 
 
 FULL = TemplateConfig("<s>", "<u>", "</u>")
+CHAT = TemplateConfig(chat=CHATML)
+_SEG = CHATML.system_segment
 
 
 @pytest.mark.parametrize(("config", "system", "native", "text", "template"), [
@@ -49,7 +53,14 @@ FULL = TemplateConfig("<s>", "<u>", "</u>")
     (TemplateConfig("C"), "S", True, "S\n\nq", None),
     (FULL, None, True, "q", None),
     (FULL, "S", True, "q", Template("S", "<u>", "</u>")),
-    (TemplateConfig(None, "<u>", None), "S", True, "S\n\nq", None),
+    (TemplateConfig(None, "<u>", None), "S", True, "q", Template("S", "<u>", "")),
+    # A chat template from the table: the system text goes to it, in its system segment.
+    (CHAT, None, True, "q", None),
+    (CHAT, "S", True, "q", Template(_SEG("S"), CHATML.prefix, CHATML.postfix)),
+    (replace(CHAT, system_prompt="C"), "S", True, "q",
+     Template(_SEG("S"), CHATML.prefix, CHATML.postfix)),
+    (replace(FULL, chat=CHATML), "S", True, "q", Template("S", "<u>", "</u>")),  # theirs win
+    (replace(CHAT, system_prompt="C"), "S", False, "S\n\nq", None),  # 1.1 unchanged
     (TemplateConfig(), None, False, "q", None),
     (TemplateConfig(), "S", False, "S\n\nq", None),
     (FULL, None, False, "<s><u>q</u>", None),
@@ -64,6 +75,15 @@ def test_plan_prompt(config: TemplateConfig, system: str | None, native: bool, t
 def test_configured_template_needs_prefix_or_postfix() -> None:
     assert TemplateConfig("sys").native() is None
     assert TemplateConfig(None, "<u>", None).native() == Template("", "<u>", "")
+
+
+def test_the_tables_template_wraps_a_plain_configured_system_prompt_only() -> None:
+    assert TemplateConfig("sys", chat=CHATML).native() == Template(
+        "<|im_start|>system\nsys<|im_end|>\n", CHATML.prefix, CHATML.postfix)
+    marked = "<|im_start|>system\nsys<|im_end|>\n"
+    assert TemplateConfig(marked, chat=CHATML).native() == Template(
+        marked, CHATML.prefix, CHATML.postfix)
+    assert TemplateConfig(chat=CHATML).native() == Template("", CHATML.prefix, CHATML.postfix)
 
 
 def feed_all(stream: TextStream, chunks: list[bytes]) -> list[str]:

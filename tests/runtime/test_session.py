@@ -24,6 +24,7 @@ from rkllm_mqtt.runtime import (
     Session,
     TokenEvent,
 )
+from rkllm_mqtt.runtime.templates import CHATML
 from rkllm_mqtt.simulator import expected_answer, expected_tokens
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,8 +70,11 @@ def test_streamed_text_equals_final_text_and_the_expected_answer(
     assert final.finish_reason == "stop"
     assert "".join(pieces) == final.text == expected_answer(prompt)
     assert final.stats.completion_tokens == len(expected_tokens(prompt))
+    # 1.2.1+ count what the runtime prefilled: the turn in the chat template's markup
+    # (ChatML by default); 1.1 and 1.2.0 are estimated from the prompt text alone.
+    turn = f"{CHATML.prefix}{prompt}{CHATML.postfix}" if family in ("1.2", "1.3") else prompt
     assert final.stats.prompt_tokens == final.stats.prefill_tokens == math.ceil(
-        len(prompt.encode()) / 4
+        len(turn.encode()) / 4
     )
     assert final.stats.cached_tokens == 0
     if family in ("1.2", "1.3"):  # FINISH perf, rkllm_get_kv_cache_size

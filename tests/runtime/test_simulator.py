@@ -995,6 +995,7 @@ def test_set_chat_template_is_recorded_with_escaping(sim: Sim) -> None:
         "system_prompt": TRICKY,
         "prompt_prefix": "<u>",
         "prompt_postfix": None,
+        "calls": 1,
     }
 
 

@@ -19,12 +19,19 @@ from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import AbiDetectionError, RuntimeLoadError
 from rkllm_mqtt.runtime import GenerationRequest, Session, TokenEvent, detect_abi
 from rkllm_mqtt.runtime.library import open_library
+from rkllm_mqtt.runtime.templates import TEMPLATES
 from rkllm_mqtt.simulator import ABIS, build_simulator, expected_answer
 
 pytestmark = pytest.mark.timeout(60)
 
 TEMPLATE = {"system_prompt": "<sys>Be brief.</sys>", "prompt_prefix": "<user>",
             "prompt_postfix": "</user><bot>"}
+
+
+def _template(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The simulator's chat_template record without its call count."""
+    template = record["chat_template"]
+    return None if template is None else {k: v for k, v in template.items() if k != "calls"}
 
 
 def test_configured_template(
@@ -39,7 +46,7 @@ def test_configured_template(
         assert record["chat_template"] is None
     else:
         sent = "hi"
-        assert record["chat_template"] == TEMPLATE
+        assert _template(record) == TEMPLATE
     assert record["run"]["prompt"] == sent
     assert outcome.text == expected_answer(sent)
 
@@ -56,7 +63,7 @@ def test_request_system_uses_the_template_until_a_run_needs_another(
 
     def sink(event: Any) -> None:
         if isinstance(event, TokenEvent) and not seen.is_set():
-            during.append(peek()["chat_template"])
+            during.append(_template(peek()))
             seen.set()
 
     request = GenerationRequest(prompt="hi [sim:hang]", system="You are a pirate.")
@@ -68,16 +75,37 @@ def test_request_system_uses_the_template_until_a_run_needs_another(
     record = inspect(session)
     assert record["run"]["prompt"] == "hi [sim:hang]"
     # It stays until a run needs another: the next run with this system prompt keeps its cache.
-    assert record["chat_template"] == TEMPLATE | {"system_prompt": "You are a pirate."}
+    assert _template(record) == TEMPLATE | {"system_prompt": "You are a pirate."}
     session.generate(GenerationRequest(prompt="plain")).result(30)
-    assert inspect(session)["chat_template"] == TEMPLATE
+    assert _template(inspect(session)) == TEMPLATE
 
 
-def test_request_system_without_prefix_and_postfix_is_prepended(
+CHATML_TURN = {"prompt_prefix": "<|im_start|>user\n",
+               "prompt_postfix": "<|im_end|>\n<|im_start|>assistant\n"}
+
+
+def test_request_system_goes_to_the_chat_template_in_its_system_segment(
     open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
     family: str,
 ) -> None:
-    session = open_session(family)
+    session = open_session(family)  # the default: chat_template "auto", ChatML for this name
+    outcome = session.generate(GenerationRequest(prompt="hi", system="Be kind.")).result()
+    record = inspect(session)
+    if family == "1.1":  # no template API: in front of the prompt
+        assert record["run"]["prompt"] == "Be kind.\n\nhi"
+        assert record["chat_template"] is None
+        assert outcome.text == expected_answer("Be kind.\n\nhi")
+        return
+    assert record["run"]["prompt"] == "hi"
+    assert record["chat_template"] == {
+        "system_prompt": "<|im_start|>system\nBe kind.<|im_end|>\n", **CHATML_TURN, "calls": 1}
+
+
+def test_with_the_models_own_template_the_request_system_is_prepended(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str,
+) -> None:
+    session = open_session(family, chat_template="model")
     outcome = session.generate(GenerationRequest(prompt="hi", system="Be kind.")).result()
     record = inspect(session)
     assert record["run"]["prompt"] == "Be kind.\n\nhi"
@@ -85,15 +113,56 @@ def test_request_system_without_prefix_and_postfix_is_prepended(
     assert outcome.text == expected_answer("Be kind.\n\nhi")
 
 
-def test_configured_system_prompt_alone_keeps_the_models_template(
+@pytest.mark.parametrize("family", ["1.2.0", "1.2", "1.3"])
+@pytest.mark.parametrize(("configured", "segment"), [
+    ("Be kind.", "<|im_start|>system\nBe kind.<|im_end|>\n"),
+    ("<|im_start|>system\nBe kind.<|im_end|>\n", "<|im_start|>system\nBe kind.<|im_end|>\n"),
+])
+def test_configured_system_prompt_is_set_at_start_wrapped_unless_it_carries_markup(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str, configured: str, segment: str,
+) -> None:
+    session = open_session(family, system_prompt=configured)
+    assert _template(inspect(session)) == {"system_prompt": segment, **CHATML_TURN}
+    session.generate(GenerationRequest(prompt="hi")).result()
+    record = inspect(session)
+    assert record["run"]["prompt"] == "hi"
+    assert record["chat_template"]["calls"] == 1
+
+
+def test_configured_system_prompt_with_the_models_own_template_is_prepended(
     open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
     family: str,
 ) -> None:
-    session = open_session(family, system_prompt="Be kind.")
+    session = open_session(family, system_prompt="Be kind.", chat_template="model")
     session.generate(GenerationRequest(prompt="hi")).result()
     record = inspect(session)
     assert record["run"]["prompt"] == "Be kind.\n\nhi"
     assert record["chat_template"] is None
+
+
+@pytest.mark.parametrize(("model", "name"), [
+    ("deepseek-r1-distill-qwen-1.5b.rkllm", "deepseek"),
+    ("Llama-3.2-1B-Instruct.rkllm", "llama3"),
+    ("gemma-3-1b-it.rkllm", "gemma"),
+])
+def test_auto_picks_the_template_by_the_model_file_name(
+    settings_for: Callable[..., Any], inspect: Callable[[Session], dict[str, Any]],
+    tmp_path: Path, model: str, name: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / model
+    shutil.copy(settings_for("1.2").model, path)
+    settings = settings_for("1.2", model=str(path))
+    caplog.set_level("INFO", logger="rkllm_mqtt.runtime.session")
+    with Session(settings) as session:
+        session.generate(GenerationRequest(prompt="hi", system="S")).result(30)
+        record = inspect(session)
+    expected = TEMPLATES[name]
+    assert record["chat_template"]["prompt_prefix"] == expected.prefix
+    assert record["chat_template"]["prompt_postfix"] == expected.postfix
+    assert record["chat_template"]["system_prompt"] == expected.system_segment("S")
+    lines = [r.getMessage() for r in caplog.records if "chat template" in r.getMessage()]
+    assert len(lines) == 1 and name in lines[0] and model in lines[0]
 
 
 # -- ABI detection and loading --------------------------------------------------------------------

@@ -276,7 +276,8 @@ def test_without_set_function_tools_the_tools_are_in_the_text(
         # simulator found them there), and stays there for the next run with the same prefix
         assert record["run"]["prompt"] == "Turn off the lamp"
         assert record["chat_template"] == {"system_prompt": hermes_system("S", TOOLS_JSON),
-                                           "prompt_prefix": "<u>", "prompt_postfix": "</u>"}
+                                           "prompt_prefix": "<u>", "prompt_postfix": "</u>",
+                                           "calls": 2}  # at start, then with S
     else:  # 1.1: the whole template is applied by the daemon
         assert record["run"]["prompt"] == (hermes_system("S", TOOLS_JSON)
                                            + "<u>Turn off the lamp</u>")
