@@ -45,6 +45,8 @@ EXCEPTION_MESSAGES = {
     "context_too_long": "The conversation is too long for the model; start a new one.",
     "reply_error": "The RKLLM daemon {node_id} could not answer ({code}): {message}",
     "template_error": "Sorry, I had a problem with my instructions template.",
+    "llm_api": "Sorry, I could not prepare the Home Assistant control ({api}) for this conversation.",
+    "tool_rounds": "Sorry, the model kept calling tools without answering ({rounds} rounds).",
 }
 
 

@@ -11,6 +11,7 @@ from homeassistant.helpers import intent, llm, template
 
 from .const import CONF_PROMPT, LOGGER, exception_args
 from .entity import RkllmBaseEntity, daemon_device_info
+from .llm_api import async_get_llm_api, llm_api_ids
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -37,6 +38,18 @@ class RkllmConversationEntity(
         """Also answer to the config entry id as an agent id, as core's LLM integrations do."""
         await super().async_added_to_hass()
         conversation.async_set_agent(self.hass, self.entry, self)
+        self.async_on_remove(self.entry.add_update_listener(self._async_options_updated))
+
+    @property
+    def supported_features(self) -> conversation.ConversationEntityFeature:
+        """CONTROL while an LLM API is chosen: Assist pipelines read it from the state's attributes."""
+        if llm_api_ids(self.entry.options):
+            return conversation.ConversationEntityFeature.CONTROL
+        return conversation.ConversationEntityFeature(0)
+
+    async def _async_options_updated(self, _hass: HomeAssistant, _entry: RkllmConfigEntry) -> None:
+        """Options apply at the next request without a reload; only the features must be written."""
+        self.async_write_ha_state()
 
     async def async_will_remove_from_hass(self) -> None:
         conversation.async_unset_agent(self.hass, self.entry)
@@ -49,6 +62,7 @@ class RkllmConversationEntity(
     async def _async_handle_message(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> conversation.ConversationResult:
+        chat_log.llm_api = await async_get_llm_api(self.hass, user_input, self.entry.options)
         await self._async_handle_chat_log(chat_log, await self._async_system_prompt(user_input, chat_log))
         response = intent.IntentResponse(language=user_input.language)
         response.async_set_speech(chat_log.content[-1].content or "")
@@ -61,7 +75,8 @@ class RkllmConversationEntity(
     async def _async_system_prompt(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> str:
-        """The instructions from the options (a template) plus the caller's extra system prompt.
+        """The instructions from the options (a template), the LLM API's prompt, and the caller's
+        extra system prompt.
 
         Unlike core's LLM agents this does not prepend the current time: a system prompt that changes
         every turn makes the daemon rebuild the conversation's KV cache, i.e. re-read the whole
@@ -83,4 +98,5 @@ class RkllmConversationEntity(
             raise HomeAssistantError(*args, **kwargs) from err
         # Kept on the chat log so every later turn of the conversation gets it too.
         chat_log.extra_system_prompt = user_input.extra_system_prompt or chat_log.extra_system_prompt
-        return "\n".join(part for part in (prompt.strip(), chat_log.extra_system_prompt) if part)
+        api_prompt = chat_log.llm_api.api_prompt if chat_log.llm_api else None
+        return "\n".join(part for part in (prompt.strip(), api_prompt, chat_log.extra_system_prompt) if part)

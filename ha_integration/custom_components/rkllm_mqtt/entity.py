@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.components import conversation
@@ -20,11 +19,11 @@ from .const import (
     DEFAULT_TIMEOUT,
     DEVICE_MANUFACTURER,
 )
+from .llm_api import format_tools, tool_calls_message, tool_result_message
+from .tool_loop import async_answer
 
 if TYPE_CHECKING:
-
     from . import RkllmConfigEntry
-    from .client import Generation
 
 MAX_CONVERSATION_KEY = 128  # the contract's limit for `conversation` (and `id`)
 
@@ -43,18 +42,23 @@ def daemon_device_info(entry: RkllmConfigEntry) -> dr.DeviceInfo:
     )
 
 
-def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
-    """The user and assistant turns of the chat log as contract messages.
+def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, Any]]:
+    """The user and assistant turns of the chat log, and its tool rounds, as contract messages.
 
-    The system prompt travels separately (`system`); tool results do not exist here because the
-    daemon has no tool calling.
+    The system prompt travels separately (`system`).
     """
-    return [
-        {"role": content.role, "content": content.content}
-        for content in chat_log.content
-        if isinstance(content, conversation.UserContent | conversation.AssistantContent)
-        and content.content is not None
-    ]
+    messages: list[dict[str, Any]] = []
+    for content in chat_log.content:
+        if isinstance(content, conversation.ToolResultContent):
+            messages.append(tool_result_message(content))
+        elif isinstance(content, conversation.AssistantContent) and content.tool_calls:
+            messages.append(tool_calls_message(content))
+        elif (
+            isinstance(content, conversation.UserContent | conversation.AssistantContent)
+            and content.content is not None
+        ):
+            messages.append({"role": content.role, "content": content.content})
+    return messages
 
 
 def conversation_key(conversation_id: str) -> str:
@@ -69,7 +73,7 @@ def conversation_key(conversation_id: str) -> str:
     return f"{conversation_id[: MAX_CONVERSATION_KEY - 33]}-{digest}"
 
 
-def trim_history(messages: list[dict[str, str]], max_history: int) -> list[dict[str, str]]:
+def trim_history(messages: list[dict[str, Any]], max_history: int) -> list[dict[str, Any]]:
     """The newest user turn with at most `max_history` earlier user turns (and their answers).
 
     The start of the window moves in steps of half the window rather than one turn at a time: the
@@ -85,13 +89,6 @@ def trim_history(messages: list[dict[str, str]], max_history: int) -> list[dict[
     step = max(1, max_history // 2)
     first = -(-(earlier - max_history) // step) * step  # rounded up to a whole step
     return messages[user_turns[first]:]
-
-
-async def _deltas(generation: Generation) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
-    """Daemon text pieces as chat-log deltas: the role opens the one assistant message, then text."""
-    yield {"role": "assistant"}
-    async for text in generation:
-        yield {"content": text}
 
 
 class RkllmBaseEntity(Entity):
@@ -117,37 +114,25 @@ class RkllmBaseEntity(Entity):
     async def _async_handle_chat_log(self, chat_log: conversation.ChatLog, system: str | None) -> None:
         """Answer the chat log's newest user turn; the answer lands in the chat log.
 
-        Token messages stream into the chat log as they arrive where this Home Assistant can take a
-        delta stream; elsewhere the daemon sends no tokens and the final text is added at once.
-        Failures are raised as RkllmError (a HomeAssistantError) with a sentence for the user.
+        With an LLM API on the chat log, its tools go with every request and the tools the model
+        calls run in tool rounds (tool_loop). Failures are raised as RkllmError (a
+        HomeAssistantError) with a sentence for the user.
         """
         options = self.entry.options
-        client = self.entry.runtime_data
-        # The whole chat (cut to the History length option) under HA's conversation id: the daemon
-        # sends the model only what its stored history lacks, continuing its KV cache, and replays
-        # this chat when it has forgotten the conversation (restart, eviction) or holds another one.
-        messages = trim_history(
-            chat_log_messages(chat_log), int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))
-        )
+        max_history = int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))
         fields: dict[str, Any] = {
-            "messages": messages,
             "system": system or None,
+            "tools": format_tools(chat_log.llm_api) if chat_log.llm_api else None,
             "conversation": conversation_key(chat_log.conversation_id),
             "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
             "temperature": options.get(CONF_TEMPERATURE),
             "priority": "interactive",
             "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
         }
-        answer = ""
-        if hasattr(chat_log, "async_add_delta_content_stream"):
-            deltas = _deltas(client.generate(stream=True, **fields))
-            async for content in chat_log.async_add_delta_content_stream(self.entity_id, deltas):
-                answer = content.content or ""
-        else:
-            answer = (await client.async_generate(**fields)).text
-        if not isinstance(chat_log.content[-1], conversation.AssistantContent):
-            # The non-streaming path, or an empty answer (the stream adds no message without text):
-            # the turn still needs its assistant message, or the next one follows two user messages.
-            chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(agent_id=self.entity_id, content=answer)
-            )
+        # The whole chat (cut to the History length option) under HA's conversation id: the daemon
+        # sends the model only what its stored history lacks, continuing its KV cache, and replays
+        # this chat when it has forgotten the conversation (restart, eviction) or holds another one.
+        await async_answer(
+            self.entity_id, chat_log, self.entry.runtime_data, fields,
+            lambda: trim_history(chat_log_messages(chat_log), max_history),
+        )
