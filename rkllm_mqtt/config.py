@@ -29,14 +29,18 @@ from pydantic_settings import (
 )
 
 from rkllm_mqtt.errors import ConfigError
+from rkllm_mqtt.runtime.contract import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_PROMPT_CHARS,
+    FLOAT32_MAX,
+    INT32_MAX,
+    INT32_MIN,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/rkllm-mqtt/config.toml")
 ENV_PREFIX = "RKLLM_MQTT_"
 
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_-]+$")
-# RKLLMParam's fields are int32_t and float: a value outside them would wrap or become inf in C.
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-FLOAT32_MAX = 3.4028234663852886e38
 _toml_file: ContextVar[Path | None] = ContextVar("rkllm_mqtt_toml_file", default=None)
 
 
@@ -195,8 +199,8 @@ class QueueSettings(_Section):
 class LimitsSettings(_Section):
     """Bounds on what a client may send; a flaky device must not exhaust the board."""
 
-    max_payload_bytes: int = Field(65536, ge=256)
-    max_prompt_chars: int = Field(16000, ge=1)
+    max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=256)
+    max_prompt_chars: int = Field(DEFAULT_MAX_PROMPT_CHARS, ge=1)
 
 
 class HomeAssistantSettings(_Section):

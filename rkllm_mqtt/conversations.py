@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rkllm_mqtt.protocol import Message
+from rkllm_mqtt.runtime.contract import Message
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from rkllm_mqtt import errors
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RkllmMqttError, RuntimeInitError, RuntimeRunError
-from rkllm_mqtt.runtime import ErrorEvent, Event, GenerationRequest, Session, TokenEvent
+from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, Event, GenerationRequest, Session, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class ProcessEngine:
         reason = f"the runtime process died ({_describe_exit(code)})"
         log.error("%s; reloading the model", reason)
         if job is not None:
-            self._sink(job, ErrorEvent("runtime_crashed", reason))
+            self._sink(job, ErrorEvent(ErrorCode.RUNTIME_CRASHED, reason))
         self._restart()
 
     def _restart(self) -> None:
@@ -321,7 +321,7 @@ def _child_main(fd: int) -> None:
                     session.clear()
                 generations[job_id] = session.generate(command.request, partial(forward, job_id))
             except (RkllmMqttError, ValueError) as err:
-                send(("event", job_id, ErrorEvent("runtime_error", str(err))))
+                send(("event", job_id, ErrorEvent(ErrorCode.RUNTIME_ERROR, str(err))))
         elif message[0] == "abort":
             generation = generations.get(message[1])
             if generation is not None:

@@ -5,7 +5,7 @@ payload becomes an error reply instead of an exception in the network thread. Ev
 by `reply()`, which copies the request's id (and its MQTT 5 correlation data, carried beside the
 payload) the way Zigbee2MQTT copies `transaction`: no reply path can forget them.
 
-Decisions (the README and the report repeat them):
+Decisions (the README repeats them):
 - A payload whose first non-blank character is `{` is a JSON request; anything else is a plain
   text prompt. So a typo in JSON is `invalid_json`, never silently answered as a prompt. A payload
   that is a whole JSON array (`[...]` that parses) is `invalid_request`: a client sent JSON, just
@@ -18,6 +18,8 @@ Decisions (the README and the report repeat them):
   told apart and it can be aborted; only client ids take part in duplicate detection.
 - The prompt size (prompt + messages + system, in characters) over `limits.max_prompt_chars` is
   `invalid_request`; `context_too_long` is kept for what the runtime itself refuses.
+- Function calling (`tools`, tool turns in `messages`, `tool_calls` in a final) is validated and
+  bounded in `tool_requests`; a final reply with calls has `finish_reason: "tool_calls"`.
 - The MQTT 5 Response Topic property passes the same allow-list as the JSON `response_topic`; when
   both are given the JSON field wins, but a forbidden property is refused either way. Errors found
   before the target is known go to `~/response` (or to an allowed property topic) with id null.
@@ -26,39 +28,45 @@ Decisions (the README and the report repeat them):
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from paho.mqtt.client import topic_matches_sub
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from rkllm_mqtt.runtime.contract import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_PROMPT_CHARS,
+    FLOAT32_MAX,
+    INT32_MAX,
+    ErrorCode,
+    FinishReason,
+    Message,
+    Timing,
+    ToolCall,
+    Usage,
+)
+from rkllm_mqtt.tool_requests import Tools, message_chars, parse_tools, tool_message
 
 MAX_ID_CHARS = 128
 MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
 MAX_TOPIC_LEVELS = 200
 _FORBIDDEN_IN_TOPIC = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
-# Per-run values end up in int32_t / float fields of RKLLMInferParam and RKLLMSamplingParam.
-INT32_MAX = 2**31 - 1
-FLOAT32_MAX = 3.4028234663852886e38
 MAX_STOP_SEQUENCES = 8
-ROLES = frozenset({"system", "user", "assistant"})
-
-
-class ErrorCode(StrEnum):
-    """The `error.code` values of the contract."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_REQUEST = "invalid_request"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    FORBIDDEN_TOPIC = "forbidden_topic"
-    QUEUE_FULL = "queue_full"
-    DEADLINE_EXCEEDED = "deadline_exceeded"
-    CONTEXT_TOO_LONG = "context_too_long"
-    RUNTIME_ERROR = "runtime_error"
-    RUNTIME_CRASHED = "runtime_crashed"
-    ABORTED = "aborted"
+ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
 class Priority(StrEnum):
@@ -84,36 +92,142 @@ class Outgoing:
     correlation_data: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    role: str
-    content: str
+def _one_or_more(value: Any) -> Any:
+    """`stop` may be one string or a list of them."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A validated request; `key` is what abort, dedupe and the scheduler use."""
+def _roles_message(value: Any) -> Any:
+    """`{"role", "content"}` objects become Messages; anything else fails on the item's index.
 
-    target: ReplyTarget
-    key: str
-    client_id_given: bool
+    Tool results and assistant turns with `tool_calls` have their own shape (tool_requests)."""
+    if isinstance(value, list):
+        return tuple(_message(i, item) for i, item in enumerate(value))
+    return value
+
+
+def _message(i: int, item: Any) -> Message | _BadMessage:
+    if not isinstance(item, dict) or not isinstance(item.get("role"), str) \
+            or item["role"] not in ROLES:
+        return _BadMessage()
+    if item["role"] == "tool" or (item["role"] == "assistant"
+                                  and item.get("tool_calls") not in (None, [])):
+        return tool_message(i, item)
+    if not isinstance(item.get("content"), str):
+        return _BadMessage()
+    return Message(item["role"], item["content"])
+
+
+class _BadMessage:
+    """Stands for a messages item of the wrong shape, so its index is the one reported."""
+
+
+_NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Request(BaseModel):
+    """A validated `~/prompt` request; `key` is what abort, dedupe and the scheduler use.
+
+    Strict: JSON gives a bool for a bool and an int for an int, and a client's `"5"` is refused
+    rather than guessed. Unknown fields are ignored, so clients written for a later contract keep
+    working. Where the reply goes (`target`) is decided by `parse_request` and set after
+    validation; `id` None in the payload becomes an `auto-…` id there.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False,
+                              arbitrary_types_allowed=True)
+
+    client_id: str | int | None = Field(None, alias="id")
+    response_topic: str | None = None
     prompt: str | None = None
-    messages: tuple[Message, ...] = ()
+    messages: Annotated[tuple[Message, ...], BeforeValidator(_roles_message),
+                        Field(min_length=1)] = ()
     system: str | None = None
-    conversation: str | None = None
+    conversation: Annotated[str, Field(max_length=MAX_ID_CHARS)] | None = None
     stream: bool = True
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    priority: Priority = Priority.INTERACTIVE
-    ttl_s: float | None = None
-    stop: tuple[str, ...] = ()
-    plain: bool = False
+    max_new_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=FLOAT32_MAX)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    priority: Priority = Field(Priority.INTERACTIVE, strict=False)  # from its JSON string
+    ttl_s: Annotated[float, Field(gt=0.0, le=FLOAT32_MAX)] | None = None
+    stop: Annotated[tuple[_NonEmpty, ...], BeforeValidator(_one_or_more),
+                    Field(max_length=MAX_STOP_SEQUENCES)] = ()
+    tools: Annotated[Tools | None, BeforeValidator(parse_tools)] = None
+
+    _target: ReplyTarget = PrivateAttr()
+    _client_id_given: bool = PrivateAttr(default=False)
+    _plain: bool = PrivateAttr(default=False)
+
+    @field_validator("client_id", mode="before")
+    @classmethod
+    def _check_id(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("must be a string or an integer")
+        if isinstance(value, str) and not (0 < len(value) <= MAX_ID_CHARS and _encodable(value)):
+            raise ValueError(f"must be 1 to {MAX_ID_CHARS} characters of UTF-8")
+        if isinstance(value, int) and abs(value) > MAX_ID_INT:
+            raise ValueError(f"an integer id must be within ±{MAX_ID_INT}")
+        return value
+
+    @field_validator("prompt", "conversation")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _not_only_system(cls, value: tuple[Message, ...]) -> tuple[Message, ...]:
+        if all(m.role == "system" for m in value):
+            raise ValueError("needs at least one user, assistant or tool message")
+        return value
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> Request:
+        if (self.prompt is None) == (not self.messages):
+            raise ValueError("give exactly one of prompt (string) or messages (list)")
+        return self
 
     @property
     def id(self) -> str | int | None:
-        return self.target.id
+        """The id every reply carries: the client's, or the one the daemon gave it."""
+        return self._target.id
+
+    @property
+    def target(self) -> ReplyTarget:
+        return self._target
+
+    @property
+    def key(self) -> str:
+        return str(self._target.id)
+
+    @property
+    def client_id_given(self) -> bool:
+        return self._client_id_given
+
+    @property
+    def plain(self) -> bool:
+        """A plain-text payload (no JSON): the whole payload is the prompt."""
+        return self._plain
+
+    @property
+    def chat(self) -> tuple[Message, ...]:
+        """The turns this request adds: its messages, or its prompt as one user turn."""
+        return self.messages or (Message("user", self.prompt or ""),)
+
+    def addressed(self, target: ReplyTarget, *, client_id_given: bool,
+                  plain: bool = False) -> Request:
+        """This request with where its replies go; set once, by parse_request."""
+        self._target = target
+        self._client_id_given = client_id_given
+        self._plain = plain
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +237,8 @@ class RequestPolicy:
     default_topic: str
     allowed_response_topics: tuple[str, ...]
     reserved_topics: frozenset[str] = field(default_factory=frozenset)
-    max_payload_bytes: int = 65536
-    max_prompt_chars: int = 16000
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
 
 
 class RequestRejected(Exception):
@@ -156,10 +270,16 @@ def token_reply(target: ReplyTarget, seq: int, text: str) -> Outgoing:
 
 
 def final_ok(
-    target: ReplyTarget, text: str, finish_reason: str, usage: dict[str, Any], timing: dict[str, Any]
+    target: ReplyTarget, text: str, finish_reason: FinishReason, usage: Usage, timing: Timing,
+    tool_calls: tuple[ToolCall, ...] = (),
 ) -> Outgoing:
-    return reply(target, type="final", status="ok", text=text, finish_reason=finish_reason,
-                 usage=usage, timing=timing)
+    """The ok final; with calls, `tool_calls` follows `finish_reason` ("tool_calls")."""
+    fields: dict[str, Any] = {"type": "final", "status": "ok", "text": text,
+                              "finish_reason": finish_reason}
+    if tool_calls:
+        fields["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                for c in tool_calls]
+    return reply(target, **fields, usage=usage, timing=timing)
 
 
 def final_error(
@@ -167,10 +287,10 @@ def final_error(
     code: ErrorCode,
     message: str,
     *,
-    finish_reason: str | None = None,
+    finish_reason: FinishReason | None = None,
     text: str | None = None,
-    usage: dict[str, Any] | None = None,
-    timing: dict[str, Any] | None = None,
+    usage: Usage | None = None,
+    timing: Timing | None = None,
 ) -> Outgoing:
     """An error final; the partial text, usage and timing ride along when a run had started."""
     fields: dict[str, Any] = {"type": "final", "status": "error",
@@ -258,8 +378,7 @@ def parse_request(
     if not stripped.startswith("{"):
         target = ReplyTarget(new_request_id(), target.topic, correlation_data)
         _check_size(len(stripped), policy, target)
-        return Request(target=target, key=str(target.id), client_id_given=False,
-                       prompt=stripped, plain=True)
+        return Request(prompt=stripped).addressed(target, client_id_given=False, plain=True)
     try:
         obj = json.loads(stripped)
     except (ValueError, RecursionError) as err:  # ValueError: also int digit limits
@@ -277,56 +396,94 @@ def _is_json(text: str) -> bool:
 
 
 def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) -> Request:
-    raw_id = obj.get("id")
-    given = raw_id is not None
-    if not given:
-        raw_id = new_request_id()
-    elif isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
-        raise RequestRejected(ErrorCode.INVALID_REQUEST, "id: must be a string or an integer", target)
-    elif isinstance(raw_id, str) and not (0 < len(raw_id) <= MAX_ID_CHARS and _encodable(raw_id)):
-        raise RequestRejected(ErrorCode.INVALID_REQUEST,
-                              f"id: must be 1 to {MAX_ID_CHARS} characters of UTF-8", target)
-    elif isinstance(raw_id, int) and abs(raw_id) > MAX_ID_INT:
-        raise RequestRejected(ErrorCode.INVALID_REQUEST,
-                              f"id: an integer id must be within ±{MAX_ID_INT}", target)
-    target = ReplyTarget(raw_id, target.topic, target.correlation_data)
-
-    if "response_topic" in obj:
-        topic = obj["response_topic"]
-        if not isinstance(topic, str):
-            raise RequestRejected(ErrorCode.INVALID_REQUEST, "response_topic: must be a string",
-                                  target)
-        why = check_response_topic(topic, policy)
+    try:
+        request = Request.model_validate(obj)
+    except ValidationError as err:
+        raise _rejection(err, obj, policy, target) from None
+    given = request.client_id is not None
+    target = ReplyTarget(request.client_id if given else new_request_id(), target.topic,
+                         target.correlation_data)
+    if request.response_topic is not None:
+        why = check_response_topic(request.response_topic, policy)
         if why is not None:
             raise RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
-        target = ReplyTarget(raw_id, topic, target.correlation_data)
-
-    f = _Fields(obj, target)
-    prompt = f.string("prompt")
-    messages = f.messages()
-    if (prompt is None) == (not messages):
-        raise RequestRejected(ErrorCode.INVALID_REQUEST,
-                              "give exactly one of prompt (string) or messages (list)", target)
-    system = f.string("system", allow_empty=True)
-    size = len(prompt or "") + sum(len(m.content) for m in messages) + len(system or "")
+        target = ReplyTarget(target.id, request.response_topic, target.correlation_data)
+    size = (len(request.prompt or "") + sum(message_chars(m) for m in request.messages)
+            + len(request.system or ""))
     _check_size(size, policy, target)
-    return Request(
-        target=target,
-        key=str(raw_id),
-        client_id_given=given,
-        prompt=prompt,
-        messages=messages,
-        system=system,
-        conversation=f.string("conversation", max_len=MAX_ID_CHARS),
-        stream=f.boolean("stream", default=True),
-        max_new_tokens=f.integer("max_new_tokens", minimum=1),
-        temperature=f.number("temperature", minimum=0.0),
-        top_p=f.number("top_p", minimum=0.0, maximum=1.0),
-        top_k=f.integer("top_k", minimum=0),
-        priority=f.priority(),
-        ttl_s=f.number("ttl_s", minimum=0.0, exclusive=True),
-        stop=f.stop(),
-    )
+    return request.addressed(target, client_id_given=given)
+
+
+def _rejection(err: ValidationError, obj: dict[str, Any], policy: RequestPolicy,
+               target: ReplyTarget) -> RequestRejected:
+    """The one error reply for an invalid request: the first problem, its field named.
+
+    An invalid id is answered with id null; a forbidden response_topic wins over other fields,
+    as the topic decides where the answer may go.
+    """
+    errors = err.errors(include_url=False)
+    for error in errors:
+        if error["loc"][:1] == ("id",):
+            return RequestRejected(ErrorCode.INVALID_REQUEST, _sentence(error), target)
+    raw_id = obj.get("id")
+    target = ReplyTarget(new_request_id() if raw_id is None else raw_id, target.topic,
+                         target.correlation_data)
+    topic = obj.get("response_topic")
+    if isinstance(topic, str) and (why := check_response_topic(topic, policy)) is not None:
+        return RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
+    if isinstance(topic, str):
+        target = ReplyTarget(target.id, topic, target.correlation_data)
+    return RequestRejected(ErrorCode.INVALID_REQUEST, _sentence(errors[0]), target)
+
+
+_MESSAGE_SHAPE = "must be {\"role\": system|user|assistant|tool, \"content\": string}"
+_SENTENCES = {
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a number",
+}
+
+
+def _sentence(error: ErrorDetails) -> str:
+    """`field: why`, in the contract's words rather than pydantic's."""
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
+    if not loc:  # the model's own check
+        return str(ctx.get("error", error["msg"]))
+    name = str(loc[0])
+    if name in ("tools", "messages") and kind == "value_error":
+        return f"{name}{ctx.get('error', error['msg'])}"  # "[i]…: why" from tool_requests
+    if name == "messages" and len(loc) > 1 and isinstance(loc[1], int):
+        return f"messages[{loc[1]}]: {_MESSAGE_SHAPE}"
+    if name == "messages" and kind in ("too_short", "tuple_type"):
+        return "messages: must be a non-empty list"
+    if name == "stop":
+        return f"stop: must be a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings"
+    if name == "priority":
+        return 'priority: must be "interactive" or "background"'
+    if kind == "value_error":
+        why = str(ctx.get("error", error["msg"]))
+    elif kind == "float_type" and isinstance(error["input"], int):
+        why = "must be a finite number"  # an integer too large for a float
+    elif kind in _SENTENCES:
+        why = _SENTENCES[kind]
+    elif kind in _BOUNDS:
+        symbol, key = _BOUNDS[kind]
+        why = f"must be {symbol} {_number(ctx[key])}"
+    elif kind == "string_too_long":
+        why = f"must be at most {ctx['max_length']} characters"
+    else:
+        why = error["msg"]
+    return f"{name}: {why}"
+
+
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le")}
+
+
+def _number(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def _check_size(chars: int, policy: RequestPolicy, target: ReplyTarget) -> None:
@@ -335,107 +492,6 @@ def _check_size(chars: int, policy: RequestPolicy, target: ReplyTarget) -> None:
             ErrorCode.INVALID_REQUEST,
             f"prompt: {chars} characters, over limits.max_prompt_chars ({policy.max_prompt_chars})",
             target)
-
-
-class _Fields:
-    """Typed getters that name the offending field in the error reply."""
-
-    def __init__(self, obj: dict[str, Any], target: ReplyTarget) -> None:
-        self._obj = obj
-        self._target = target
-
-    def _bad(self, name: str, why: str) -> RequestRejected:
-        return RequestRejected(ErrorCode.INVALID_REQUEST, f"{name}: {why}", self._target)
-
-    def string(self, name: str, *, allow_empty: bool = False, max_len: int | None = None) -> str | None:
-        value = self._obj.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self._bad(name, "must be a string")
-        if not allow_empty and not value.strip():
-            raise self._bad(name, "must not be empty")
-        if max_len is not None and len(value) > max_len:
-            raise self._bad(name, f"must be at most {max_len} characters")
-        return value
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        value = self._obj.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self._bad(name, "must be true or false")
-        return value
-
-    def integer(self, name: str, *, minimum: int) -> int | None:
-        value = self._obj.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(name, "must be an integer")
-        if value < minimum:
-            raise self._bad(name, f"must be >= {minimum}")
-        if value > INT32_MAX:
-            raise self._bad(name, f"must be <= {INT32_MAX}")
-        return value
-
-    def number(self, name: str, *, minimum: float, maximum: float | None = None,
-               exclusive: bool = False) -> float | None:
-        value = self._obj.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._bad(name, "must be a number")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer too large for a float
-            raise self._bad(name, "must be a finite number") from None
-        if not math.isfinite(value):
-            raise self._bad(name, "must be a number")
-        if value < minimum or (exclusive and value == minimum):
-            raise self._bad(name, f"must be {'>' if exclusive else '>='} {minimum:g}")
-        maximum = FLOAT32_MAX if maximum is None else maximum
-        if value > maximum:
-            raise self._bad(name, f"must be <= {maximum:g}")
-        return value
-
-    def priority(self) -> Priority:
-        value = self._obj.get("priority")
-        if value is None:
-            return Priority.INTERACTIVE
-        try:
-            return Priority(value)
-        except ValueError:
-            raise self._bad("priority", "must be \"interactive\" or \"background\"") from None
-
-    def stop(self) -> tuple[str, ...]:
-        value = self._obj.get("stop")
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if (not isinstance(value, list) or len(value) > MAX_STOP_SEQUENCES
-                or not all(isinstance(s, str) and s for s in value)):
-            raise self._bad("stop", f"must be a string or a list of at most {MAX_STOP_SEQUENCES} "
-                                    "non-empty strings")
-        return tuple(value)
-
-    def messages(self) -> tuple[Message, ...]:
-        value = self._obj.get("messages")
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not value:
-            raise self._bad("messages", "must be a non-empty list")
-        out = []
-        for i, item in enumerate(value):
-            if (not isinstance(item, dict) or not isinstance(item.get("role"), str)
-                    or item["role"] not in ROLES or not isinstance(item.get("content"), str)):
-                raise self._bad(f"messages[{i}]",
-                                "must be {\"role\": system|user|assistant, \"content\": string}")
-            out.append(Message(item["role"], item["content"]))
-        if all(m.role == "system" for m in out):
-            raise self._bad("messages", "needs at least one user or assistant message")
-        return tuple(out)
 
 
 def parse_abort(payload: bytes) -> str | None:

@@ -43,7 +43,6 @@ from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
 from rkllm_mqtt.protocol import (
     ErrorCode,
-    Message,
     Outgoing,
     ReplyTarget,
     Request,
@@ -56,13 +55,21 @@ from rkllm_mqtt.protocol import (
     token_reply,
 )
 from rkllm_mqtt.runtime import (
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
     GenerationRequest,
     Sampling,
     TokenEvent,
+)
+from rkllm_mqtt.runtime.contract import (
+    AbortReason,
+    FinishReason,
+    Message,
+    StateName,
+    StatePayload,
+    Timing,
+    Usage,
 )
 from rkllm_mqtt.scheduler import QueueFull, RecentIds, Scheduler
 from rkllm_mqtt.sdnotify import Notifier
@@ -87,7 +94,7 @@ class Job:
     started: float | None = None
     run_deadline: float | None = None
     seq: int = 0
-    abort_reason: str | None = None  # why we asked the engine to stop
+    abort_reason: AbortReason | None = None  # why we asked the engine to stop
     abort_message: str = ""
 
 
@@ -144,7 +151,7 @@ class Service:
         )
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running: Job | None = None
-        self._state = "loading"
+        self._state: StateName = "loading"
         self._stats = _Stats()
         self._last_state: bytes | None = None
         self._timers: list[tuple[float, Callable[[], None]]] = []
@@ -316,7 +323,7 @@ class Service:
                                         self._recent.seen(key, received)):
             log.info("duplicate request id %r ignored (already answered or in progress)", key)
             return
-        new = request.messages or (Message("user", request.prompt or ""),)
+        new = request.chat
         deadline = received + request.ttl_s if request.ttl_s is not None else None
         job = Job(request, received, deadline, new)
         try:
@@ -348,7 +355,7 @@ class Service:
         self._answer_error(queued.request, ErrorCode.ABORTED, "aborted on request before it ran",
                            finish_reason="abort")
 
-    def _abort_running(self, reason: str, message: str) -> None:
+    def _abort_running(self, reason: AbortReason, message: str) -> None:
         job = self._running
         if job is None or job.abort_reason is not None:
             return
@@ -370,7 +377,7 @@ class Service:
         timeout_at = now + self.settings.queue.request_timeout_s
         job.run_deadline = min(timeout_at, job.deadline) if job.deadline else timeout_at
         generation = GenerationRequest(
-            messages=tuple(ChatMessage(m.role, m.content) for m in plan.messages),
+            messages=plan.messages,
             system=plan.system,
             keep_history=plan.keep_history,
             continues_history=plan.continues_kv,
@@ -384,7 +391,7 @@ class Service:
         try:
             self.engine.run(request.key, RunCommand(generation, plan.clear_kv))
         except (RkllmMqttError, ValueError) as err:
-            self._on_outcome(request.key, ErrorEvent("runtime_error", str(err)))
+            self._on_outcome(request.key, ErrorEvent(ErrorCode.RUNTIME_ERROR, str(err)))
 
     def _on_outcome(self, job_id: str, event: FinalEvent | ErrorEvent) -> None:
         job = self._running
@@ -398,9 +405,9 @@ class Service:
         plan = job.plan
         if isinstance(event, ErrorEvent):
             self._conversations.finished(request.conversation, job.new_messages, request.system, None)
-            code = (ErrorCode(event.code) if event.code in ErrorCode.__members__.values()
-                    else ErrorCode.RUNTIME_ERROR)
-            message, finish_reason = event.message, "error"
+            code = event.code
+            message = event.message
+            finish_reason: FinishReason = "error"
             if code is ErrorCode.RUNTIME_CRASHED and job.abort_reason is not None:
                 # killed because it ignored our abort: the answer is still the abort's
                 code = (ErrorCode.DEADLINE_EXCEEDED if job.abort_reason == "deadline"
@@ -411,8 +418,9 @@ class Service:
                                text=event.text or None)
             return
         stats = event.stats
-        usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
-        timing = {
+        usage: Usage = {"prompt_tokens": stats.prompt_tokens,
+                        "completion_tokens": stats.completion_tokens}
+        timing: Timing = {
             "queue_ms": _ms(job.started - job.received if job.started else 0.0),
             "ttft_ms": _round(stats.ttft_ms),
             "total_ms": _ms(now - job.received),
@@ -442,9 +450,8 @@ class Service:
     # ------------------------------------------------------------------ replies and outputs
 
     def _answer_error(self, request: Request, code: ErrorCode, message: str, *,
-                      finish_reason: str | None = None, text: str | None = None,
-                      usage: dict[str, Any] | None = None,
-                      timing: dict[str, Any] | None = None) -> None:
+                      finish_reason: FinishReason | None = None, text: str | None = None,
+                      usage: Usage | None = None, timing: Timing | None = None) -> None:
         out = final_error(request.target, code, message, finish_reason=finish_reason, text=text,
                           usage=usage, timing=timing)
         self._finish_reply(out, request.id, error=(code, message))
@@ -468,8 +475,8 @@ class Service:
         data = _bounded_json(payload, text) if text is not None else _json(payload)
         self.mqtt.publish_raw(self.topics["event"], data)
 
-    def _publish_last_response(self, request_id: Any, text: str, finish_reason: str,
-                               usage: dict[str, Any], timing: dict[str, Any]) -> None:
+    def _publish_last_response(self, request_id: Any, text: str, finish_reason: FinishReason,
+                               usage: Usage, timing: Timing) -> None:
         short = text if len(text) <= LAST_RESPONSE_CHARS else text[:LAST_RESPONSE_CHARS - 1] + "…"
         attributes = _bounded_json({"id": request_id, "finish_reason": finish_reason,
                                     "usage": usage, "timing": timing}, text)
@@ -482,7 +489,7 @@ class Service:
             self.mqtt.publish_raw(self.topics["last_response"], last["state"], retain=True)
             self.mqtt.publish_raw(self.topics["attributes"], last["attributes"], retain=True)
 
-    def state_payload(self) -> dict[str, Any]:
+    def state_payload(self) -> StatePayload:
         state = self._state
         if state == "idle" and not self.engine.ready:
             state = "loading"  # a crashed runtime is being reloaded

@@ -5,8 +5,8 @@ Importing this package never loads the library; `Session.open()` (or `detect_abi
 
 from __future__ import annotations
 
+from rkllm_mqtt.runtime.contract import ErrorCode, Message
 from rkllm_mqtt.runtime.events import (
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -20,12 +20,13 @@ from rkllm_mqtt.runtime.prompt import render_messages
 from rkllm_mqtt.runtime.session import Generation, Session
 
 __all__ = [
-    "ChatMessage",
+    "ErrorCode",
     "ErrorEvent",
     "Event",
     "FinalEvent",
     "Generation",
     "GenerationRequest",
+    "Message",
     "RunStats",
     "Sampling",
     "Session",

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant" | "tool" | ...
-    content: str
+from rkllm_mqtt.runtime.contract import ErrorCode, FinishReason, Message, ToolCall
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ class Sampling:
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt: str | None = None
-    messages: tuple[ChatMessage, ...] = ()
+    messages: tuple[Message, ...] = ()
     system: str | None = None
     keep_history: bool = False
     # The KV cache already holds this conversation (system prompt included): send only the new
@@ -48,6 +44,9 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     role: str = "user"
     enable_thinking: bool = False
+    # The functions the model may call: the OpenAI-form list as one JSON string, exactly what
+    # rkllm_set_function_tools receives on 1.2.1+ (and what is rendered into the system text before).
+    tools_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,13 +81,14 @@ NO_STATS = RunStats(
 @dataclass(frozen=True)
 class FinalEvent:
     text: str
-    finish_reason: str  # stop | length | stop_sequence | abort | deadline (or another abort reason)
+    finish_reason: FinishReason  # never "error": a failed run is an ErrorEvent
     stats: RunStats
+    tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls"
 
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    code: str  # runtime_error | context_too_long
+    code: ErrorCode  # RUNTIME_ERROR or CONTEXT_TOO_LONG from a Session; RUNTIME_CRASHED from an engine
     message: str
     text: str = ""  # what was streamed before the error
 

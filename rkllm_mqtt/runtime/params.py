@@ -11,11 +11,13 @@ import ctypes
 import logging
 import os
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.runtime.common import RKLLM_INFER_GENERATE, RKLLM_INPUT_PROMPT
 from rkllm_mqtt.runtime.events import Sampling
+
+if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
+    from rkllm_mqtt.config import RuntimeSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
@@ -33,9 +32,9 @@ from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_WAITING,
     LLMHandle,
 )
+from rkllm_mqtt.runtime.contract import AbortReason, ErrorCode, FinishReason, Message
 from rkllm_mqtt.runtime.events import (
     NO_STATS,
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
@@ -61,10 +60,13 @@ from rkllm_mqtt.runtime.prompt import (
     PromptPlan,
     Template,
     TemplateConfig,
-    plan_prompt,
-    render_messages,
+    plan_request,
 )
 from rkllm_mqtt.runtime.stream import TextStream
+from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
+
+if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
+    from rkllm_mqtt.config import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,12 @@ _ABORT_FROM_CALLBACK_WAIT_S = 1.0
 class _Run:
     """What the callback of one generation accumulates; read by the worker after rkllm_run."""
 
-    def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None]) -> None:
+    def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None],
+                 tools_json: str | None = None) -> None:
         self.stream = TextStream(stop)
+        # With tools, text passes the markup filter after the stop sequences: tool calls are
+        # taken out before anything reaches a token event.
+        self.tools = ToolCallFilter(ToolSet.from_json(tools_json)) if tools_json else None
         self.emit = emit
         self.limit: int | None = None  # tokens after which we abort (families without native cap)
         self.length_cap: int | None = None  # reaching it means finish_reason "length"
@@ -90,9 +96,23 @@ class _Run:
         self.last_token: float | None = None
         self.perf: tuple[float, int, float, int, float] | None = None
         self.error_seen = False
-        self.stop_reason: str | None = None
+        self.stop_reason: FinishReason | None = None
         self.abort_before_callback = False
         self.lock = threading.Lock()
+
+    @property
+    def text(self) -> str:
+        return self.tools.text if self.tools is not None else self.stream.text
+
+    def feed(self, data: bytes) -> str:
+        piece = self.stream.feed(data)
+        return self.tools.feed(piece) if self.tools is not None and piece else piece
+
+    def finish(self, *, complete: bool) -> str:
+        tail = self.stream.finish(complete=complete)
+        if self.tools is None:
+            return tail
+        return self.tools.feed(tail) + self.tools.finish()
 
 
 class Generation:
@@ -104,7 +124,7 @@ class Generation:
         self._session = session
         self._plan = plan
         self._sink = sink
-        self._run = _Run(request.stop, self._emit)
+        self._run = _Run(request.stop, self._emit, request.tools_json)
         self._state = _QUEUED  # guarded by session._lock
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._done = threading.Event()
@@ -118,7 +138,7 @@ class Generation:
             if not isinstance(event, TokenEvent):
                 return
 
-    def abort(self, reason: str = "abort") -> None:
+    def abort(self, reason: AbortReason = "abort") -> None:
         """Queued: it never runs. Running: rkllm_abort; the FinalEvent carries `reason`."""
         self._session._abort(self, reason)
 
@@ -177,6 +197,7 @@ class Session:
         self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
         self._running: Generation | None = None
         self._template_now: Template | None = None  # what the library currently has
+        self._tools_now: tuple[str, str] | None = None  # last rkllm_set_function_tools arguments
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
         self._callback_struct: Any = None
@@ -250,14 +271,14 @@ class Session:
         """Queue a generation and return at once; runs execute one at a time, in order."""
         messages = request.messages
         if request.prompt is not None:
-            messages = (*messages, ChatMessage("user", request.prompt))
-        system, prompt = render_messages(messages, request.system)
-        plan = plan_prompt(
-            self._templates, system, prompt,
+            messages = (*messages, Message("user", request.prompt))
+        plan = plan_request(
+            self._templates, messages, request.system,
             native_template=self.abi != "1.1",
+            native_tools=self.native_tools,
+            tools_json=request.tools_json,
+            continues=request.continues_history and request.keep_history,
         )
-        if request.continues_history and request.keep_history:
-            plan = PromptPlan(prompt, plan.template)
         with self._lock:
             if self._closed:
                 raise RuntimeRunError("the RKLLM session is closed")
@@ -266,6 +287,11 @@ class Session:
             generation = Generation(self, request, plan, sink)
             self._jobs.put(generation)
         return generation
+
+    @property
+    def native_tools(self) -> bool:
+        """1.2.1+: the library takes the tools itself (rkllm_set_function_tools, role "tool")."""
+        return getattr(self._fn, "rkllm_set_function_tools", None) is not None
 
     def clear(self, keep_system_prompt: bool = False) -> None:
         """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API)."""
@@ -379,6 +405,23 @@ class Session:
         self._template_now = template if status == 0 else None
         return status
 
+    def _set_function_tools(self, tools: tuple[str, str] | None) -> int:
+        """rkllm_set_function_tools, only when the system text or the tools changed (the KV cache
+        holds them). A run without tools after one with tools sets an empty list ("[]"), so the
+        model is not offered functions the request did not give."""
+        if tools is None:
+            if self._tools_now is None:
+                return 0
+            tools = ("", "[]")
+        if tools == self._tools_now:
+            return 0
+        system_prompt, tools_json = tools
+        status = self._fn.rkllm_set_function_tools(
+            self._handle, c_string(system_prompt), c_string(tools_json),
+            c_string(TOOL_RESPONSE_TAG))
+        self._tools_now = (None if tools_json == "[]" else tools) if status == 0 else None
+        return status
+
     def _execute(self, generation: Generation) -> None:
         with self._lock:
             if generation._state != _QUEUED:  # aborted while it waited
@@ -393,8 +436,8 @@ class Session:
             )
         except Exception as err:  # turn a bug into an error reply, keep serving
             log.exception("RKLLM generation failed")
-            outcome = ErrorEvent("runtime_error", f"internal error: {err}",
-                                 generation._run.stream.text)
+            outcome = ErrorEvent(ErrorCode.RUNTIME_ERROR, f"internal error: {err}",
+                                 generation._run.text)
         with self._lock:
             generation._state = _DONE
             self._running = None
@@ -409,10 +452,14 @@ class Session:
         if wanted != self._template_now and wanted is not None:
             status = self._set_template(wanted)
             if status != 0:
-                return ErrorEvent("runtime_error", f"rkllm_set_chat_template failed ({status})")
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_chat_template failed ({status})")
+        if self.native_tools:
+            status = self._set_function_tools(plan.function_tools)
+            if status != 0:
+                return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"rkllm_set_function_tools failed ({status})")
 
         prompt = c_string(plan.text)
-        role = c_string(request.role)
+        role = c_string(plan.role if plan.role != "user" else request.role)
         rkllm_input = build_input(module, prompt, role, request.enable_thinking)
         native_sampling = has_field(module.RKLLMInferParam, "sampling_params")
         sampling = (
@@ -458,10 +505,13 @@ class Session:
 
         failed = status != 0 or run.error_seen
         capped = bool(run.length_cap and run.tokens >= run.length_cap)
-        tail = run.stream.finish(complete=run.stop_reason is None and not failed and not capped)
+        tail = run.finish(complete=run.stop_reason is None and not failed and not capped)
         if tail:
             generation._emit(TokenEvent(tail))
-        text = run.stream.text
+        text = run.text
+        calls = tuple(run.tools.calls) if run.tools is not None else ()
+        if run.stop_reason in (None, "stop_sequence") and not failed and calls:
+            return FinalEvent(text, "tool_calls", self._stats(run, ended), calls)
         if run.stop_reason is not None:
             return FinalEvent(text, run.stop_reason, self._stats(run, ended))
         if failed:
@@ -473,13 +523,13 @@ class Session:
         estimate = math.ceil(len(c_string(prompt)) / 4)  # bytes/4: rough, like the simulator
         if estimate > limit:
             return ErrorEvent(
-                "context_too_long",
+                ErrorCode.CONTEXT_TOO_LONG,
                 f"the prompt is about {estimate} tokens, more than runtime.max_context_len "
                 f"({limit})",
                 text,
             )
         detail = f"rkllm_run returned {status}" if status != 0 else "error callback"
-        return ErrorEvent("runtime_error", f"the runtime failed during generation ({detail})", text)
+        return ErrorEvent(ErrorCode.RUNTIME_ERROR, f"the runtime failed during generation ({detail})", text)
 
     @staticmethod
     def _stats(run: _Run, ended: float) -> RunStats:
@@ -498,7 +548,7 @@ class Session:
 
     # -- aborting (any thread) -------------------------------------------------------------------
 
-    def _abort(self, generation: Generation, reason: str) -> None:
+    def _abort(self, generation: Generation, reason: AbortReason) -> None:
         with self._lock:
             state = generation._state
             if state == _QUEUED:
@@ -508,7 +558,7 @@ class Session:
         elif state == _RUNNING:
             self._stop(generation._run, reason)
 
-    def _stop(self, run: _Run, reason: str) -> None:
+    def _stop(self, run: _Run, reason: FinishReason) -> None:
         """Mark why the run ends (first reason wins) and interrupt the library."""
         with run.lock:
             if run.stop_reason is not None:
@@ -593,7 +643,7 @@ class Session:
             run.last_token = now
             if run.first_token is None:
                 run.first_token = now
-            piece = run.stream.feed(data)
+            piece = run.feed(data)
             if piece:
                 run.emit(TokenEvent(piece))
             if run.stream.stopped:

@@ -57,6 +57,12 @@
  *   [sim:crash]         2 tokens, then raise(SIGSEGV) (abort() if that returns)
  *   [sim:hang]          1 token, then 10 ms sleeps until rkllm_abort
  *   [sim:delay_ms=N]    sleep N ms before each token
+ *   [sim:tool_xml]      a tool call (see "Function calling" below) in the XML-like form
+ *
+ * Function calling: with tools set (rkllm_set_function_tools on 1.2.1+; a "<tools>" block in the
+ * text before 1.2.1) and a prompt that asks for one of them, the answer is a Qwen-style
+ * <tool_call> instead of the echo; a tool result (role "tool", or text ending in
+ * "</tool_response>") is answered with the echo. Details above sim_tools_answer.
  *
  * Abort: rkllm_abort sets the handle's flag (only while a run is inside the library; otherwise it
  * only counts the call and returns 0; the flag is cleared when the last run leaves). The run stops
@@ -86,9 +92,11 @@
  *   run: {"count": 0} before the first run, then also input_type, prompt, role, enable_thinking
  *        (1.2.1), infer_params, mode, lora_params, lora_adapter_name, prompt_cache_params,
  *        keep_history (1.2.0), sampling (null or the 9 fields), max_new_tokens (1.3 only),
- *        userdata, callback_thread, generated_tokens, aborted, paused, finished, ret
+ *        userdata, callback_thread, generated_tokens, aborted, paused, finished, ret,
+ *        tool_call (the function the simulated model called, or null)
  *   chat_template (null or system_prompt/prompt_prefix/prompt_postfix),
- *   function_tools (1.2.1; null or system_prompt/tools/tool_response_str),
+ *   function_tools (1.2.1; null or system_prompt/tools/tool_response_str/calls, calls = how many
+ *                   times rkllm_set_function_tools was called),
  *   clear_kv_cache {count, keep_system_prompt, start_pos/end_pos (1.2.1; null for NULL pointers)},
  *   aborts, lora_loaded, prompt_cache_loaded, cross_attn_params (1.2.1), history,
  *   max_concurrent_runs, running
@@ -536,6 +544,7 @@ typedef struct {
     bool paused;
     bool finished;
     int ret;
+    char *tool_call; /* the function the simulated model called, or NULL (sim_tools_answer) */
 } SimRunRecord;
 
 typedef struct {
@@ -565,6 +574,7 @@ typedef struct {
     char *tpl_system, *tpl_prefix, *tpl_postfix;
     bool has_tools;
     char *tools_system, *tools_json, *tools_response;
+    long tools_calls; /* rkllm_set_function_tools calls since init */
     long clear_count;
     int clear_keep_system_prompt;
     bool clear_has_range;
@@ -926,6 +936,195 @@ static bool ends_mid_char(const char *text, size_t len, size_t end) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Function calling: the simulated model's side                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The model sees tools where each family puts them: on 1.2.1+ only what rkllm_set_function_tools
+ * received (an empty list "[]" means none); on 1.1 / 1.2.0 only a "<tools>...</tools>" block in
+ * the text it was given (the prompt, the chat template's system prompt, or an earlier turn still
+ * in the KV cache), i.e. Qwen's template rendered by the caller. So a caller that puts the tools
+ * in the wrong place gets no tool call.
+ *
+ * The request is the text after the last "</tools>" and the last "</tool_response>" of the
+ * prompt; a run with role "tool" (1.2.1+) or a prompt that ends in a tool result asks nothing.
+ * It asks for a tool when it names one (its name appears in it), or says "turn on" / "turn off"
+ * and some tool takes a "name" parameter (a tool whose name contains TurnOn / TurnOff, ignoring
+ * case and "_", is preferred). The answer is a Qwen-style call, cut into SIM_CHUNK_BYTES tokens
+ * like every answer, so its markup is split across callbacks:
+ *     <tool_call>\n{"name": "NAME", "arguments": {"name": "THING"}}\n</tool_call>
+ * or, with [sim:tool_xml] in the prompt, the XML-like form of Rockchip's 1.3.0 demo:
+ *     <tool_call>\n<function=NAME>\n<parameter=name>\nTHING\n</parameter>\n</function>\n</tool_call>
+ * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! or a newline); without
+ * it the arguments are empty. run.tool_call in rkllm_sim_inspect() names the function called.
+ */
+
+#define SIM_MAX_TOOLS 64
+
+typedef struct {
+    const char *name; /* points into the tools text */
+    size_t len;
+    bool takes_name;
+} SimTool;
+
+/* Position after `"key"\s*:\s*` at p, or NULL. */
+static const char *sim_json_key_value(const char *p, const char *key) {
+    size_t n = strlen(key);
+    if (*p != '"' || strncmp(p + 1, key, n) != 0 || p[n + 1] != '"') return NULL;
+    p += n + 2;
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+    if (*p != ':') return NULL;
+    p++;
+    while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+    return p;
+}
+
+/* The functions in a tools text: every "name": "<string>" is a function name; a "name": {...}
+ * after it (before the next function) is a parameter called name. */
+static size_t sim_tools_list(const char *text, SimTool *out, size_t max) {
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, "\"name\"")) != NULL; p++) {
+        const char *v = sim_json_key_value(p, "name");
+        if (!v) continue;
+        if (*v == '"' && n < max) {
+            const char *end = strchr(v + 1, '"');
+            if (!end) break;
+            out[n++] = (SimTool){.name = v + 1, .len = (size_t)(end - v - 1), .takes_name = false};
+        } else if (*v == '{' && n > 0) {
+            out[n - 1].takes_name = true;
+        }
+    }
+    return n;
+}
+
+static const char *sim_last(const char *s, const char *needle) {
+    const char *last = NULL;
+    for (const char *p = s; (p = strstr(p, needle)) != NULL; p++) last = p;
+    return last;
+}
+
+/* The tools the model sees (a malloc'd copy), or NULL. */
+static char *sim_tools_text(SimHandle *h, const char *prompt) {
+    char *text = NULL;
+    pthread_mutex_lock(&h->mu);
+#if SIM_HAS_1_2_1
+    (void)prompt;
+    if (h->has_tools && h->tools_json && strcmp(h->tools_json, "[]") != 0)
+        text = strdup(h->tools_json);
+#else
+    const char *where = strstr(prompt, "<tools>") ? prompt : NULL;
+#if SIM_HAS_1_2_0
+    if (!where && h->has_template && h->tpl_system && strstr(h->tpl_system, "<tools>"))
+        where = h->tpl_system;
+    for (size_t i = h->history_len; !where && i > 0; i--)
+        if (strstr(h->history[i - 1], "<tools>")) where = h->history[i - 1];
+#endif
+    if (where) {
+        const char *start = sim_last(where, "<tools>"), *end = strstr(start, "</tools>");
+        text = end ? strndup(start, (size_t)(end - start)) : NULL;
+    }
+#endif
+    pthread_mutex_unlock(&h->mu);
+    return text;
+}
+
+static bool sim_is_tool_role(SimHandle *h) {
+    bool tool = false;
+#if SIM_HAS_1_2_1
+    pthread_mutex_lock(&h->mu);
+    tool = h->run.role && strcmp(h->run.role, "tool") == 0;
+    pthread_mutex_unlock(&h->mu);
+#else
+    (void)h;
+#endif
+    return tool;
+}
+
+/* "turn on" / "turn off" in s (any case): what follows it, or NULL; *on tells which. */
+static const char *sim_switch_phrase(const char *s, bool *on) {
+    const char *on_at = strcasestr(s, "turn on"), *off_at = strcasestr(s, "turn off");
+    if (!on_at && !off_at) return NULL;
+    *on = on_at && (!off_at || on_at < off_at);
+    const char *p = *on ? on_at + 7 : off_at + 8;
+    while (*p == ' ') p++;
+    if (strncasecmp(p, "the ", 4) == 0) p += 4;
+    return p;
+}
+
+/* Whether the tool name contains "turnon"/"turnoff" (any case, '_' ignored). */
+static bool sim_tool_switches(const SimTool *t, bool on) {
+    char flat[128];
+    size_t k = 0;
+    for (size_t i = 0; i < t->len && k + 1 < sizeof flat; i++)
+        if (t->name[i] != '_') flat[k++] = t->name[i];
+    flat[k] = '\0';
+    return strcasestr(flat, on ? "turnon" : "turnoff") != NULL;
+}
+
+/* A tool call for the prompt, if it asks for one; records the function in run.tool_call. */
+static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
+    if (sim_is_tool_role(h)) return false;
+    char *tools = sim_tools_text(h, prompt);
+    if (!tools) return false;
+    const char *ask = prompt, *cut;
+    if ((cut = sim_last(ask, "</tools>")) != NULL) ask = cut + 8;
+    if ((cut = sim_last(ask, "</tool_response>")) != NULL) ask = cut + 16;
+
+    SimTool list[SIM_MAX_TOOLS];
+    size_t n = sim_tools_list(tools, list, SIM_MAX_TOOLS);
+    bool on = false;
+    const char *thing = sim_switch_phrase(ask, &on);
+    const SimTool *pick = NULL;
+    for (size_t i = 0; i < n && !pick; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)list[i].len, list[i].name);
+        if (list[i].len && strstr(ask, name)) pick = &list[i];
+    }
+    for (size_t i = 0; i < n && !pick && thing; i++)
+        if (list[i].takes_name && sim_tool_switches(&list[i], on)) pick = &list[i];
+    for (size_t i = 0; i < n && !pick && thing; i++)
+        if (list[i].takes_name) pick = &list[i];
+    if (!pick) {
+        free(tools);
+        return false;
+    }
+
+    char *value = NULL;
+    if (thing && pick->takes_name) {
+        size_t len = strcspn(thing, ".,?!\n[");
+        while (len && thing[len - 1] == ' ') len--;
+        value = strndup(thing, len);
+    }
+    char *name = strndup(pick->name, pick->len);
+    SimBuf out = {0};
+    if (sim_directive(prompt, "tool_xml")) {
+        buf_printf(&out, "<tool_call>\n<function=%s>\n", name);
+        if (value) buf_printf(&out, "<parameter=name>\n%s\n</parameter>\n", value);
+        buf_puts(&out, "</function>\n</tool_call>");
+    } else {
+        buf_puts(&out, "<tool_call>\n{\"name\": ");
+        json_str(&out, name);
+        buf_puts(&out, ", \"arguments\": {");
+        if (value) {
+            buf_puts(&out, "\"name\": ");
+            json_str(&out, value);
+        }
+        buf_puts(&out, "}}\n</tool_call>");
+    }
+    buf_reserve(&a->text, 0);
+    answer_add_chunked(a, out.data, out.len);
+    free(out.data);
+    free(value);
+    free(tools);
+
+    pthread_mutex_lock(&h->mu);
+    free(h->run.tool_call);
+    h->run.tool_call = name;
+    pthread_mutex_unlock(&h->mu);
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Runs                                                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1047,7 +1246,8 @@ static int sim_stream(SimJob *job) {
     decode_tps = sim_env_double("RKLLM_SIM_DECODE_TPS", decode_tps);
 
     SimAnswer ans = {0};
-    answer_build(&ans, prompt, sim_directive_value(prompt, "tokens"));
+    if (!sim_tools_answer(&ans, h, prompt))
+        answer_build(&ans, prompt, sim_directive_value(prompt, "tokens"));
     long limit = context - prompt_tokens;
     if (job->max_new_tokens > 0 && job->max_new_tokens < limit) limit = job->max_new_tokens;
 
@@ -1172,6 +1372,7 @@ static int sim_run(SimHandle *h, RKLLMInput *input, RKLLMInferParam *infer, void
     free(r->prompt);
     free(r->role);
     free(r->lora_adapter_name);
+    free(r->tool_call);
     long count = r->count + 1;
     memset(r, 0, sizeof *r);
     r->count = count;
@@ -1410,6 +1611,7 @@ SIM_EXPORT int rkllm_destroy(LLMHandle handle) {
     free(h->run.prompt);
     free(h->run.role);
     free(h->run.lora_adapter_name);
+    free(h->run.tool_call);
     free(h->tpl_system);
     free(h->tpl_prefix);
     free(h->tpl_postfix);
@@ -1603,6 +1805,9 @@ SIM_EXPORT int rkllm_set_function_tools(LLMHandle handle, const char *system_pro
     if (!h) return -1;
     sim_keep3(h, &h->has_tools, &h->tools_system, &h->tools_json, &h->tools_response,
               system_prompt, tools, tool_response_str);
+    pthread_mutex_lock(&h->mu);
+    h->tools_calls++;
+    pthread_mutex_unlock(&h->mu);
     return 0;
 }
 #endif
@@ -1739,6 +1944,7 @@ static void sim_inspect_run(SimBuf *b, const SimHandle *h) {
     json_kbool(b, &f, "paused", r->paused);
     json_kbool(b, &f, "finished", r->finished);
     json_kint(b, &f, "ret", r->ret);
+    json_kstr(b, &f, "tool_call", r->tool_call);
     buf_puts(b, "}");
 }
 
@@ -1770,6 +1976,7 @@ static void sim_inspect_json(SimBuf *b, const SimHandle *h) {
         json_kstr(b, &g, "system_prompt", h->tools_system);
         json_kstr(b, &g, "tools", h->tools_json);
         json_kstr(b, &g, "tool_response_str", h->tools_response);
+        json_kint(b, &g, "calls", h->tools_calls);
         buf_puts(b, "}");
     } else {
         buf_puts(b, "null");

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rkllm_mqtt.runtime import ChatMessage, render_messages
+from rkllm_mqtt.runtime import Message, render_messages
 from rkllm_mqtt.runtime.common import check_layout
 from rkllm_mqtt.runtime.nativelog import explain_init_failure, logged_runtime_version
 from rkllm_mqtt.runtime.prompt import Template, TemplateConfig, plan_prompt
@@ -15,26 +15,28 @@ from rkllm_mqtt.runtime.stream import TextStream
 
 
 def test_single_user_message_is_passed_as_is() -> None:
-    assert render_messages([ChatMessage("user", "Hi there")], None) == (None, "Hi there")
+    assert render_messages([Message("user", "Hi there")], None) == (None, "Hi there")
 
 
 def test_system_messages_join_the_system_text() -> None:
     system, prompt = render_messages(
-        [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi")], "You are a bot."
+        [Message("system", "Be brief."), Message("user", "Hi")], "You are a bot."
     )
     assert (system, prompt) == ("You are a bot.\n\nBe brief.", "Hi")
 
 
 def test_several_turns_become_a_transcript() -> None:
-    messages = [ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"),
-                ChatMessage("tool", "22 °C"), ChatMessage("user", "Thanks")]
+    """Tool results keep the <tool_response> markup of Qwen's template inside a transcript."""
+    messages = [Message("user", "Hi"), Message("assistant", "Hello!"),
+                Message("tool", "22 °C"), Message("user", "Thanks")]
     assert render_messages(messages, None) == (
-        None, "User: Hi\nAssistant: Hello!\nTool: 22 °C\nUser: Thanks")
+        None, "User: Hi\nAssistant: Hello!\nTool: <tool_response>\n22 °C\n</tool_response>\n"
+              "User: Thanks")
 
 
 def test_nothing_to_ask_is_an_error() -> None:
     with pytest.raises(ValueError):
-        render_messages([ChatMessage("system", "only a system prompt")], None)
+        render_messages([Message("system", "only a system prompt")], None)
 
 
 FULL = TemplateConfig("<s>", "<u>", "</u>")

@@ -15,11 +15,11 @@ import pytest
 
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
 from rkllm_mqtt.runtime import (
-    ChatMessage,
     ErrorEvent,
     Event,
     FinalEvent,
     GenerationRequest,
+    Message,
     Session,
     TokenEvent,
 )
@@ -401,8 +401,8 @@ def test_messages_are_rendered_into_one_prompt(
 ) -> None:
     session = open_session(family)
     request = GenerationRequest(messages=(
-        ChatMessage("user", "Hi"), ChatMessage("assistant", "Hello!"),
-        ChatMessage("user", "Weather?"),
+        Message("user", "Hi"), Message("assistant", "Hello!"),
+        Message("user", "Weather?"),
     ))
     outcome = session.generate(request).result(WAIT_S)
     prompt = "User: Hi\nAssistant: Hello!\nUser: Weather?"

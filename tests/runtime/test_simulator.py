@@ -1009,6 +1009,7 @@ def test_function_tools_and_cross_attn_are_recorded(sim: Sim) -> None:
         "system_prompt": "sys",
         "tools": '[{"name": "x"}]',
         "tool_response_str": "<tool>",
+        "calls": 1,
     }
     assert insp["cross_attn_params"] is False
 

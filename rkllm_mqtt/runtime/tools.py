@@ -1,0 +1,254 @@
+"""Function calling as text: the Qwen (Hermes-style) markup in, tool calls out.
+
+Pure Python on purpose (it imports nothing from the daemon): it runs inside the runtime, which may
+live in a lean child process, on the callback path of every token.
+
+- `ToolSet`: the functions a request offers, read once from its OpenAI-form JSON.
+- `ToolCallFilter`: the streaming filter. Text that could be the start of tool-call markup is held
+  back, and released as soon as it cannot be; a complete block that parses into a call of an
+  offered function becomes a `ToolCall` and never reaches the token stream. Both forms Rockchip's
+  1.3.0 rkllm_server_demo parses are read: `<tool_call>{"name", "arguments"}</tool_call>` and the
+  XML-like `<function=NAME><parameter=KEY>VALUE</parameter></function>` (inside `<tool_call>` or
+  bare).
+- Malformed markup (bad JSON, a function that was not offered, arguments that are not an object,
+  a block still open when the run ends) is handled one way every time: it is not a call, so it is
+  text, released to the stream and the final text exactly as the model wrote it (what vLLM's and
+  llama.cpp's Hermes parsers do as well). Each block is judged on its own.
+- `hermes_system`, `render_tool_results`, `render_tool_calls`: the Qwen2.5 chat template's tool
+  parts (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), for runtimes without
+  rkllm_set_function_tools (1.1.x, 1.2.0), where the daemon writes the prompt text itself.
+- `merge_tool_results`: what a role "tool" input carries on 1.2.1+, the way the 1.3.0 demo's
+  `get_last_input` builds it: every result of the round (parsed when it is JSON) in one JSON array.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rkllm_mqtt.runtime.contract import Message, ToolCall
+
+# tool_response_str of rkllm_set_function_tools, as in the 1.3.0 demo.
+TOOL_RESPONSE_TAG = "tool_response"
+
+_CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
+_OPENERS = tuple(_CLOSERS)
+_FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)</parameter>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ToolSet:
+    """Offered function names, each with its parameters' JSON-schema types (for the XML form)."""
+
+    functions: dict[str, dict[str, str]]
+
+    @classmethod
+    def from_json(cls, tools_json: str | None) -> ToolSet:
+        functions: dict[str, dict[str, str]] = {}
+        for tool in json.loads(tools_json) if tools_json else ():
+            function = tool.get("function", {}) if isinstance(tool, dict) else {}
+            name = function.get("name")
+            if not isinstance(name, str):
+                continue
+            properties = (function.get("parameters") or {}).get("properties") or {}
+            functions[name] = {
+                key: schema.get("type", "string") if isinstance(schema, dict) else "string"
+                for key, schema in properties.items()
+            }
+        return cls(functions)
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+class ToolCallFilter:
+    """One run's text after stop sequences: markup held back, calls taken out; not thread-safe."""
+
+    def __init__(self, tools: ToolSet) -> None:
+        self._tools = tools
+        self._buffer = ""  # text not released yet: a possible markup start, or a block
+        self._block: str | None = None  # the opener of the block being read
+        self._space_before = ""  # whitespace before the block (dropped with a valid call)
+        self._skip_space = False  # drop whitespace that follows a call
+        self._parts: list[str] = []
+        self.calls: list[ToolCall] = []
+
+    @property
+    def text(self) -> str:
+        """Everything released so far: exactly the concatenation of the returned pieces."""
+        return "".join(self._parts)
+
+    def feed(self, text: str) -> str:
+        """Add text; return what can be released now ("" if none)."""
+        self._buffer += text
+        out: list[str] = []
+        while self._step(out):
+            pass
+        return self._emit("".join(out))
+
+    def finish(self) -> str:
+        """End of run: an open block is malformed (text); held text is released."""
+        out: list[str] = []
+        if self._block is not None:
+            out.append(self._space_before + self._buffer)
+        elif not self._skip_space:
+            out.append(self._buffer)
+        self._buffer, self._block, self._space_before = "", None, ""
+        return self._emit("".join(out))
+
+    def _step(self, out: list[str]) -> bool:
+        """Consume what the buffer settles; True when another step may settle more."""
+        if self._skip_space:
+            self._buffer = self._buffer.lstrip()
+            if not self._buffer:
+                return False
+            self._skip_space = False
+        if self._block is None:
+            found = [(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
+            if not found:
+                keep = _held_suffix(self._buffer)
+                ready = self._buffer[: len(self._buffer) - keep]
+                text = ready.rstrip()  # whitespace may precede markup: hold it too
+                out.append(text)
+                self._buffer = self._buffer[len(text):]
+                return False
+            start, opener = min(found)
+            before = self._buffer[:start]
+            text = before.rstrip()
+            out.append(text)
+            self._space_before = before[len(text):]
+            self._block = opener
+            self._buffer = self._buffer[start:]
+            return True
+        closer = _CLOSERS[self._block]
+        end = self._buffer.find(closer, len(self._block))
+        if end < 0:
+            return False
+        end += len(closer)
+        block, self._buffer = self._buffer[:end], self._buffer[end:]
+        calls = self._parse(block)
+        if calls is None:
+            out.append(self._space_before + block)
+        else:
+            self.calls.extend(calls)
+            self._skip_space = True
+        self._block, self._space_before = None, ""
+        return True
+
+    def _parse(self, block: str) -> list[ToolCall] | None:
+        """The calls in one complete block, or None when it is malformed."""
+        if block.startswith("<function="):
+            return self._parse_functions(block)
+        inner = block[len("<tool_call>"): -len("</tool_call>")].strip()
+        if inner.startswith("<function="):
+            return self._parse_functions(inner)
+        try:
+            obj = json.loads(inner)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        arguments = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return None
+        call = self._call(obj.get("name"), arguments)
+        return None if call is None else [call]
+
+    def _parse_functions(self, text: str) -> list[ToolCall] | None:
+        calls: list[ToolCall] = []
+        if _FUNCTION.sub("", text).strip():
+            return None  # something besides function blocks
+        for name, body in _FUNCTION.findall(text):
+            if _PARAMETER.sub("", body).strip():
+                return None
+            types = self._tools.functions.get(name, {})
+            arguments = {key: _typed(value.strip(), types.get(key, "string"))
+                         for key, value in _PARAMETER.findall(body)}
+            call = self._call(name, arguments)
+            if call is None:
+                return None
+            calls.append(call)
+        return calls or None
+
+    def _call(self, name: Any, arguments: Any) -> ToolCall | None:
+        if not isinstance(name, str) or name not in self._tools.functions:
+            return None
+        if not isinstance(arguments, dict):
+            return None
+        return ToolCall(new_call_id(), name, arguments)
+
+    def _emit(self, piece: str) -> str:
+        if piece:
+            self._parts.append(piece)
+        return piece
+
+
+def _held_suffix(buffer: str) -> int:
+    """Length of the longest end of `buffer` that is the start of an opening tag."""
+    for size in range(min(max(len(o) for o in _OPENERS) - 1, len(buffer)), 0, -1):
+        if any(o.startswith(buffer[-size:]) for o in _OPENERS):
+            return size
+    return 0
+
+
+def _typed(value: str, schema_type: str) -> Any:
+    """An XML-form parameter value as its schema type says (JSON for non-strings), else the text."""
+    if schema_type == "string":
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+# ----------------------------------------------------------------------------- prompt text
+
+
+def hermes_system(system: str | None, tools_json: str) -> str:
+    """The system text with the tools in it, as Qwen2.5's chat template writes it."""
+    lines = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in json.loads(tools_json))
+    block = (
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        f"{lines}\n</tools>\n\n"
+        "For each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
+    return f"{system}\n\n{block}" if system else block
+
+
+def render_tool_results(messages: Iterable[Message]) -> str:
+    """Tool results as the user turn Qwen2.5's template makes of consecutive tool messages."""
+    return "\n".join(f"<{TOOL_RESPONSE_TAG}>\n{m.content}\n</{TOOL_RESPONSE_TAG}>"
+                     for m in messages)
+
+
+def render_tool_calls(calls: Sequence[ToolCall]) -> str:
+    """An assistant turn's calls as the model wrote them (for a replayed transcript)."""
+    return "\n".join(
+        "<tool_call>\n"
+        + json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False)
+        + "\n</tool_call>"
+        for c in calls
+    )
+
+
+def merge_tool_results(messages: Iterable[Message]) -> str:
+    """The prompt of a role "tool" input (1.2.1+): the round's results in one JSON array."""
+    results: list[Any] = []
+    for m in messages:
+        try:
+            results.append(json.loads(m.content))
+        except ValueError:
+            results.append(m.content)
+    return json.dumps(results, ensure_ascii=False)
