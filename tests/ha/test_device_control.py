@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import voluptuous as vol
 from harness import OutsideClient, wait_until
 from homeassistant.components import conversation
 from homeassistant.components.homeassistant.exposed_entities import async_expose_entity
@@ -44,6 +43,11 @@ from integration_fixtures import (
 from pytest_homeassistant_custom_component.common import MockPlatform, mock_platform
 
 from rkllm_mqtt.simulator import expected_answer
+
+try:  # Home Assistant 2026.x: tool schemas are probatio's (voluptuous's successor, same names)
+    import probatio as vol
+except ImportError:
+    import voluptuous as vol
 
 PREFIX = f"{BASE_TOPIC}/{NODE_ID}"
 QWEN_TEMPLATE = {
@@ -107,6 +111,7 @@ class SetLightTool(llm.Tool):
     """Switches the desk lamp; any other name fails the way a real tool fails (an exception)."""
 
     name = "SetLight"
+    integration = "test"  # 2026.x wants to know which integration provides a tool
     description = "Switch a light on or off"
     parameters = vol.Schema(
         {
@@ -118,13 +123,13 @@ class SetLightTool(llm.Tool):
     def __init__(self, calls: list[dict[str, Any]]) -> None:
         self.calls = calls
 
-    async def async_call(
-        self, hass: HomeAssistant, tool_input: llm.ToolInput, llm_context: llm.LLMContext
-    ) -> dict[str, Any]:
+    async def async_call(self, _hass: HomeAssistant, tool_input: llm.ToolInput, _ctx: llm.LLMContext) -> Any:
         self.calls.append(tool_input.tool_args)
         if tool_input.tool_args.get("name") != "desk lamp":
             raise HomeAssistantError(f"No light is called {tool_input.tool_args.get('name')}")
-        return {"success": True, "state": "on"}
+        data = {"success": True, "state": "on"}
+        # 2026.x tools return llm.ToolResult (a JSON object is deprecated there).
+        return llm.ToolResult(data=data) if hasattr(llm, "ToolResult") else data
 
 
 @dataclass(slots=True, kw_only=True)
@@ -152,9 +157,13 @@ class ScriptedDaemon:
         client.subscribe(f"{PREFIX}/prompt")
         client.publish(f"{PREFIX}/status", "online", retain=True)
 
-    async def answer(self, text: str = "", tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Wait for the next request and answer it: `text` as two token messages, then the final."""
+    async def answer(
+        self, text: str = "", tool_calls: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None
+    ) -> dict[str, Any]:
+        """Wait for the next request and answer it: `text` as two token messages, then the final,
+        with the calls `tool_calls` makes of the request."""
         request = json.loads((await self.client.next_message(f"{PREFIX}/prompt")).payload)
+        calls = tool_calls(request) if tool_calls else None
         topic = request["response_topic"]
         half = len(text) // 2
         for seq, piece in enumerate(part for part in (text[:half], text[half:]) if part):
@@ -162,13 +171,19 @@ class ScriptedDaemon:
             self.client.publish(topic, json.dumps(token))
         final: dict[str, Any] = {
             "id": request["id"], "type": "final", "status": "ok", "text": text,
-            "finish_reason": "tool_calls" if tool_calls else "stop",
+            "finish_reason": "tool_calls" if calls else "stop",
             "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "timing": {},
         }
-        if tool_calls:
-            final["tool_calls"] = tool_calls
+        if calls:
+            final["tool_calls"] = calls
         self.client.publish(topic, json.dumps(final))
         return request
+
+
+def offered(request: dict[str, Any], name: str) -> str:
+    """The name the request offers a tool under (a release may put a namespace before it)."""
+    names = [tool["function"]["name"] for tool in request.get("tools", [])]
+    return next(offered for offered in names if offered.rpartition("__")[2] == name)
 
 
 @pytest.fixture
@@ -299,11 +314,17 @@ async def test_tools_and_prompt_go_with_the_request_and_results_come_back_as_too
 
     recorder = DeltaRecorder()
     turn = hass.async_create_task(converse(hass, "Desk lamp on, and the hall light too", recorder=recorder))
-    calls = [
-        {"id": "call-1", "name": "SetLight", "arguments": {"name": "desk lamp"}},
-        {"id": "call-2", "name": "SetLight", "arguments": {"name": "hall light"}},
-    ]
-    first = await scripted_daemon.answer("Switching. ", tool_calls=calls)
+    calls: list[dict[str, Any]] = []
+
+    def two_calls(request: dict[str, Any]) -> list[dict[str, Any]]:
+        name = offered(request, "SetLight")
+        calls.extend([
+            {"id": "call-1", "name": name, "arguments": {"name": "desk lamp"}},
+            {"id": "call-2", "name": name, "arguments": {"name": "hall light"}},
+        ])
+        return calls
+
+    first = await scripted_daemon.answer("Switching. ", tool_calls=two_calls)
     second = await scripted_daemon.answer("The desk lamp is on; there is no hall light.")
     result = await turn
 
@@ -314,7 +335,8 @@ async def test_tools_and_prompt_go_with_the_request_and_results_come_back_as_too
     tool, = first["tools"]
     assert tool["type"] == "function"
     function = tool["function"]
-    assert (function["name"], function["description"]) == ("SetLight", "Switch a light on or off")
+    assert function["name"] == offered(first, "SetLight")
+    assert function["description"] == "Switch a light on or off"
     parameters = function["parameters"]
     assert parameters["type"] == "object"
     assert parameters["required"] == ["name"]
@@ -331,9 +353,9 @@ async def test_tools_and_prompt_go_with_the_request_and_results_come_back_as_too
     user, assistant, ok, failed = second["messages"]
     assert user == {"role": "user", "content": "Desk lamp on, and the hall light too"}
     assert assistant == {"role": "assistant", "content": "Switching. ", "tool_calls": calls}
-    assert (ok["role"], ok["tool_call_id"], ok["name"]) == ("tool", "call-1", "SetLight")
+    assert (ok["role"], ok["tool_call_id"], ok["name"]) == ("tool", "call-1", function["name"])
     assert json.loads(ok["content"]) == {"success": True, "state": "on"}
-    assert (failed["role"], failed["tool_call_id"], failed["name"]) == ("tool", "call-2", "SetLight")
+    assert (failed["role"], failed["tool_call_id"], failed["name"]) == ("tool", "call-2", function["name"])
     assert json.loads(failed["content"]) == {
         "error": "HomeAssistantError", "error_text": "No light is called hall light"
     }
@@ -354,9 +376,9 @@ async def test_tool_rounds_stop_after_ten_requests(
 
     turn = hass.async_create_task(converse(hass, "Keep switching"))
     for n in range(10):
-        request = await scripted_daemon.answer(
-            tool_calls=[{"id": f"call-{n}", "name": "SetLight", "arguments": {"name": "desk lamp"}}]
-        )
+        request = await scripted_daemon.answer(tool_calls=lambda request, n=n: [
+            {"id": f"call-{n}", "name": offered(request, "SetLight"), "arguments": {"name": "desk lamp"}}
+        ])
         assert len([m for m in request["messages"] if m["role"] == "tool"]) == n
     result = await turn
     assert result.response.response_type is intent.IntentResponseType.ERROR

@@ -7,7 +7,6 @@ releases with `llm.MergedAPI` (2025.x later, 2026.x) let it use several, and the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,13 +145,12 @@ def tool_result_message(content: conversation.ToolResultContent) -> dict[str, An
 
 
 def _tool_result(content: conversation.ToolResultContent) -> Any:
-    """The JSON result: `tool_result` on 2025.x; a later release may hold a result object instead."""
-    if hasattr(content, "tool_result"):
-        return content.tool_result
-    result = getattr(content, "result", None)
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return dataclasses.asdict(result)
-    return result
+    """The result's JSON: `result.data` where results are `llm.ToolResult` (2026.x; a failure's data is
+    its `{"error", "error_text"}` there too), `tool_result` before. Same content on every release."""
+    result = getattr(content, "result", None)  # read first: 2026's `tool_result` warns as deprecated
+    if result is not None and hasattr(result, "data"):
+        return result.data
+    return content.tool_result
 
 
 def tool_inputs(calls: list[dict[str, Any]]) -> list[llm.ToolInput]:
