@@ -37,6 +37,7 @@ from integration_fixtures import (
     NODE_ID,
     Daemon,
     rkllm_const,
+    rkllm_llm_api,
     setup_entry,
     wait_for_state,
 )
@@ -490,3 +491,35 @@ async def test_options_apply_to_the_next_turn(
     )
     await converse(hass, "Turn on the kitchen light")
     assert hass.states.get(KITCHEN_LIGHT).state == STATE_ON
+
+
+async def test_without_streaming_tool_rounds_still_run(
+    ha_with_mqtt: HomeAssistant, desk_api: DeskAPI, scripted_daemon: ScriptedDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Home Assistant whose ChatLog cannot take a delta stream adds each final reply at once;
+    its tool calls still run, and their results still go back."""
+    hass = ha_with_mqtt
+    monkeypatch.delattr(conversation.ChatLog, "async_add_delta_content_stream")
+    await setup_entry(hass, **api_option("desk"))
+    await wait_for_state(hass, ENTITY_ID, lambda s: s != STATE_UNAVAILABLE)
+
+    turn = hass.async_create_task(converse(hass, "Desk lamp on"))
+    first = await scripted_daemon.answer(tool_calls=lambda request: [
+        {"id": "c1", "name": offered(request, "SetLight"), "arguments": {"name": "desk lamp"}}
+    ])
+    second = await scripted_daemon.answer("It is on.")
+    assert speech(await turn) == "It is on."
+    assert first["stream"] is second["stream"] is False
+    assert desk_api.calls == [{"name": "desk lamp"}]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
+    assert json.loads(second["messages"][2]["content"]) == {"success": True, "state": "on"}
+
+
+def test_the_option_reads_what_any_release_stored() -> None:
+    """2025.4 stores one id, later releases a list; a downgrade or upgrade keeps the choice."""
+    read = rkllm_llm_api.llm_api_ids
+    assert read({}) == []
+    assert read({CONF_LLM_HASS_API: "assist"}) == ["assist"]
+    assert read({CONF_LLM_HASS_API: ["assist", "desk"]}) == ["assist", "desk"]
+    assert read({CONF_LLM_HASS_API: "none"}) == read({CONF_LLM_HASS_API: []}) == []
