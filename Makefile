@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
-	@echo "make test   - lint, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
+	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
 	@echo "make bench  - the performance budgets in benchmarks/"
 
 venv: $(BIN)/.installed
@@ -39,6 +39,7 @@ test: test-main test-ha
 
 test-main: venv broker
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-ha: venv broker
@@ -46,9 +47,10 @@ test-ha: venv broker
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: venv broker
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info

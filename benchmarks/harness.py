@@ -36,6 +36,7 @@ from rkllm_mqtt.engine import (
     RunCommand,
 )
 from rkllm_mqtt.runtime import Event, TokenEvent
+from rkllm_mqtt.runtime.contract import AbortReason
 from rkllm_mqtt.service import Service
 from rkllm_mqtt.simulator import build_simulator, sim_model_file
 
@@ -157,7 +158,7 @@ class TimedEngine:
         self.times.run[job_id] = now()
         self.inner.run(job_id, command)
 
-    def abort(self, job_id: str, reason: str) -> None:
+    def abort(self, job_id: str, reason: AbortReason) -> None:
         self.inner.abort(job_id, reason)
 
     def close(self) -> None:
@@ -182,13 +183,15 @@ def daemon(settings: Settings, engine: str = "in-process") -> Iterator[tuple[Ser
         service.stop()
 
 
-def set_nodelay(sock: socket.socket | None, on: bool) -> None:
-    if sock is not None:
+def set_nodelay(sock: object, on: bool) -> None:
+    if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if on else 0)
 
 
-def nodelay_of(sock: socket.socket | None) -> bool | None:
-    return None if sock is None else bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+def nodelay_of(sock: object) -> bool | None:
+    if not isinstance(sock, socket.socket):
+        return None
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
 # ----------------------------------------------------------------------------- the subscriber
@@ -235,7 +238,7 @@ class Subscriber:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         t = now()
-        payload = msg.payload
+        payload = bytes(msg.payload)  # already bytes from paho's reader: no copy
         self.replies.append(Reply(t, payload))
         head = payload[:200]
         if b'"type":"final"' in head:

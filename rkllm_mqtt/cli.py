@@ -1,7 +1,7 @@
 """The `rkllm-mqtt` command: run, check, generate, ask, demo, discovery.
 
 Every expected failure ends as one clear line on stderr and a documented exit code; a traceback
-means a bug. Subcommand bodies live next to what they drive and are imported lazily, so `--help`
+means a bug. Subcommand bodies live in `rkllm_mqtt.commands` and are imported lazily, so `--help`
 and `check` never pay for paho or the simulator.
 """
 
@@ -32,28 +32,28 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rkllm_mqtt.service import run_service
+    from rkllm_mqtt.commands.run import run_service
 
     return run_service(settings)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rkllm_mqtt.runtime.cli_commands import check
+    from rkllm_mqtt.commands.runtime import check
 
     return check(settings)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rkllm_mqtt.runtime.cli_commands import generate
+    from rkllm_mqtt.commands.runtime import generate
 
     return generate(settings, args.text)
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from rkllm_mqtt.ask import ask
+    from rkllm_mqtt.commands.ask import ask
     from rkllm_mqtt.mqtt_client import MqttConnectError
 
     try:
@@ -65,13 +65,13 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rkllm_mqtt.demo import demo
+    from rkllm_mqtt.commands.demo import demo
 
     return demo(abi=args.abi, prompt=args.prompt, fast=args.fast, keep_running=args.keep_running)
 
 
 def _cmd_discovery(args: argparse.Namespace) -> int:
-    from rkllm_mqtt.service import publish_discovery, remove_discovery
+    from rkllm_mqtt.commands.discovery import publish_discovery, remove_discovery
 
     settings = _settings(args)
     return remove_discovery(settings) if args.remove else publish_discovery(settings)

@@ -5,6 +5,11 @@ costs only the new turn's prefill; any other conversation is rebuilt (cache clea
 history replayed). So the history kept here is what makes switching possible, and its bounds
 (count, turns, characters; oldest evicted) are what keep a chatty client from exhausting memory or
 the model's context. Runtimes without `keep_history` (1.1.x) always replay the history.
+
+With function calling, an answer can be a turn of tool calls, and the next request brings the
+results: that is one more turn of the same conversation, so the cache continues and the model reads
+only the results. The tools are part of what the cache holds (the runtime puts them at its start,
+like the system prompt), so other tools mean a rebuild, as another system prompt does.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rkllm_mqtt.runtime.contract import Message
+from rkllm_mqtt.tool_requests import message_chars
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +36,8 @@ class Plan:
 @dataclass(slots=True)
 class _Conversation:
     system: str | None
-    turns: list[tuple[tuple[Message, ...], str]] = field(default_factory=list)
+    tools: str | None = None  # the canonical tools JSON its cache was built with
+    turns: list[tuple[tuple[Message, ...], Message]] = field(default_factory=list)
     chars: int = 0
 
 
@@ -58,8 +65,7 @@ class Conversations:
         conv = self._store.get(conversation)
         if conv is None:
             return ()
-        return tuple(m for user, answer in conv.turns
-                     for m in (*user, Message("assistant", answer)))
+        return tuple(m for user, answer in conv.turns for m in (*user, answer))
 
     def new_part(self, conversation: str | None, messages: Sequence[Message]) -> tuple[Message, ...]:
         """The turns of `messages` this conversation does not hold yet.
@@ -76,7 +82,7 @@ class Conversations:
             return messages
         chat = [m for m in messages if m.role != "system"]
         stored = [m for m in self.history(conversation) if m.role != "system"]
-        if stored and len(stored) < len(chat) and chat[: len(stored)] == stored:
+        if stored and len(stored) < len(chat) and all(map(_same, chat, stored)):
             system = tuple(m for m in messages if m.role == "system")
             return system + tuple(chat[len(stored):])
         self.forget(conversation)
@@ -87,7 +93,8 @@ class Conversations:
         if self._store.pop(conversation, None) is not None and self._kv_owner == conversation:
             self._kv_owner, self._kv_dirty = None, True
 
-    def plan(self, conversation: str | None, new: Sequence[Message], system: str | None) -> Plan:
+    def plan(self, conversation: str | None, new: Sequence[Message], system: str | None,
+             tools: str | None = None) -> Plan:
         """Decide how to run `new` (the request's own messages) for `conversation`."""
         new = tuple(new)
         if not self.kv_cache:
@@ -104,8 +111,8 @@ class Conversations:
         stored = self._store.get(conversation)
         if system is None and stored is not None:
             system = stored.system
-        same_system = stored is None or stored.system == system
-        if self._kv_owner == conversation and not self._kv_dirty and same_system:
+        same_start = stored is None or (stored.system, stored.tools) == (system, tools)
+        if self._kv_owner == conversation and not self._kv_dirty and same_start:
             return Plan(new, system, keep_history=True, clear_kv=False, continues_kv=True)
         clear = self._kv_owner is not None or self._kv_dirty
         self._kv_owner, self._kv_dirty = conversation, False
@@ -113,8 +120,11 @@ class Conversations:
                     clear_kv=clear, continues_kv=False)
 
     def finished(self, conversation: str | None, new: Sequence[Message], system: str | None,
-                 answer: str | None, *, cache_exact: bool = True) -> None:
+                 answer: str | Message | None, *, cache_exact: bool = True,
+                 tools: str | None = None) -> None:
         """Record a run's outcome; `answer=None` means it did not complete (error, abort).
+
+        `answer` is the assistant turn: its text, or a Message with the tool calls it made.
 
         An incomplete run leaves the cache in an unknown state, so the next run rebuilds; so does
         an answer cut by the daemon (`cache_exact=False`: a stop sequence), whose cache may hold
@@ -125,11 +135,15 @@ class Conversations:
             return
         if conversation is None:
             return
+        if isinstance(answer, str):
+            answer = Message("assistant", answer)
         conv = self._store.get(conversation)
         if conv is None:
-            conv = self._store[conversation] = _Conversation(system)
-        elif system is not None:
-            conv.system = system  # a new system prompt applies to the whole replayed history
+            conv = self._store[conversation] = _Conversation(system, tools)
+        else:
+            conv.tools = tools
+            if system is not None:
+                conv.system = system  # a new system prompt applies to the whole replayed history
         self._store.move_to_end(conversation)
         conv.turns.append((tuple(new), answer))
         conv.chars += _turn_chars(new, answer)
@@ -147,5 +161,13 @@ class Conversations:
                 self._kv_owner, self._kv_dirty = None, True
 
 
-def _turn_chars(user: Sequence[Message], answer: str) -> int:
-    return sum(len(m.content) for m in user) + len(answer)
+def _turn_chars(user: Sequence[Message], answer: Message) -> int:
+    return sum(message_chars(m) for m in (*user, answer))
+
+
+def _same(sent: Message, stored: Message) -> bool:
+    """Whether a client's turn is the stored one: call ids and surrounding blanks may differ
+    (a client may give calls its own ids, or strip the text streamed before them)."""
+    return (sent.role == stored.role and sent.content.strip() == stored.content.strip()
+            and [(c.name, c.arguments) for c in sent.tool_calls]
+            == [(c.name, c.arguments) for c in stored.tool_calls])

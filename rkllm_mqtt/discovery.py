@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from rkllm_mqtt import __version__
+from rkllm_mqtt.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -179,19 +180,19 @@ def device_name(settings: Settings) -> str:
 
 def discovery_topic(settings: Settings) -> str:
     """Where the retained device config goes (an empty retained payload there removes the device)."""
-    return f"{settings.homeassistant.discovery_prefix}/device/{settings.mqtt.node_id}/config"
+    return Topics.of(settings).discovery
 
 
 def build_discovery(settings: Settings, *, model: str | None) -> dict[str, Any]:
     """The device discovery payload; `model` (the LLM's name) shows as the device model."""
     node = settings.mqtt.node_id
-    prefix = settings.mqtt.prefix
+    topics = Topics.of(settings)
     entity_base = slugify(device_name(settings)) or f"rkllm_{slugify(node)}"
     components: dict[str, dict[str, Any]] = {}
     for component_id, component in COMPONENTS.items():
         components[component_id] = {
             "p": component.platform,
-            "~": prefix,
+            "~": topics.prefix,
             "uniq_id": f"rkllm_{node}_{component_id}",
             "def_ent_id": f"{component.platform}.{entity_base}_{slugify(component.name)}",
             "name": component.name,
@@ -210,7 +211,7 @@ def build_discovery(settings: Settings, *, model: str | None) -> dict[str, Any]:
             "sw": __version__,
         },
         "o": {"name": "rkllm-mqtt", "sw": __version__, "url": PROJECT_URL},
-        "avty_t": f"{prefix}/status",
+        "avty_t": topics.status,
         "pl_avail": "online",
         "pl_not_avail": "offline",
         "qos": settings.mqtt.qos,

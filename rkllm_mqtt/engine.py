@@ -1,58 +1,53 @@
 """The runtime behind a boundary: commands in (`run`, `abort`), events out (job id + event).
 
-Everything that crosses it is a plain, picklable value (RunCommand, the runtime's event
-dataclasses), so the same service drives the runtime in its own process or in a child process:
+Everything that crosses it is a plain, picklable value (`RunCommand`, the runtime's event
+dataclasses), so the same service drives the runtime in its own process or in a child process;
+both engines run jobs through the one `rkllm_mqtt.runtime.jobs.Jobs`:
 
 - `InProcessEngine`: the Session on a thread of the daemon; the fastest path, but a native crash
   (a segfault inside librkllmrt.so) ends the daemon and the request is never answered.
-- `ProcessEngine`: the Session in a child process. A crash, or a run that does not stop within a
-  grace period after abort, costs that one request (`runtime_crashed`) and a model reload; the
-  daemon, its queue and its MQTT session stay up.
+- `ProcessEngine`: the Session in a child process (`rkllm_mqtt.runtime.child`). A crash, or a run
+  that does not stop within a grace period after abort, costs that one request (`runtime_crashed`)
+  and a model reload; the daemon, its queue and its MQTT session stay up.
+
+Here the daemon's config model becomes the runtime's plain `RuntimeOptions` (`runtime_options`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Protocol
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_chain, wait_fixed
 
 from rkllm_mqtt import errors
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RkllmMqttError, RuntimeInitError, RuntimeRunError
-from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, Event, GenerationRequest, Session, TokenEvent
+from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, Session, TokenEvent
+from rkllm_mqtt.runtime.child import Abort, Close, Emitted, Failed, FromChild, Opened, Run, Start
+from rkllm_mqtt.runtime.contract import AbortReason
+from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, JobSink, RunCommand
+from rkllm_mqtt.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
+# Seconds between attempts to reload a runtime that keeps failing; the last one repeats.
 RESTART_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
 
-
-@dataclass(frozen=True)
-class EngineInfo:
-    model: str
-    abi: str
-    runtime_version: str | None
-    supports_history: bool
+EngineSink = JobSink
 
 
-@dataclass(frozen=True)
-class RunCommand:
-    """One run: clear the KV cache first when the conversation plan says so, then generate."""
-
-    request: GenerationRequest
-    clear_kv: bool = False
-
-
-EngineSink = Callable[[str, Event], None]
+def runtime_options(settings: RuntimeSettings) -> RuntimeOptions:
+    """The `[runtime]` keys the runtime reads, as its own plain value (already validated)."""
+    names = RuntimeOptions.__dataclass_fields__
+    return RuntimeOptions(**settings.model_dump(include=set(names)))
 
 
 class Engine(Protocol):
@@ -65,14 +60,9 @@ class Engine(Protocol):
 
     def run(self, job_id: str, command: RunCommand) -> None: ...
 
-    def abort(self, job_id: str, reason: str) -> None: ...
+    def abort(self, job_id: str, reason: AbortReason) -> None: ...
 
     def close(self) -> None: ...
-
-
-def _info(session: Session) -> EngineInfo:
-    return EngineInfo(session.model_name, session.abi, session.runtime_version,
-                      session.supports_history)
 
 
 class InProcessEngine:
@@ -81,29 +71,18 @@ class InProcessEngine:
     ready = True
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink) -> None:
-        self.session = Session(settings)
-        self._sink = sink
-        self._generations: dict[str, Any] = {}
+        self.session = Session(runtime_options(settings))
+        self._jobs = Jobs(self.session, sink)
 
     def open(self) -> EngineInfo:
         self.session.open()
-        return _info(self.session)
+        return EngineInfo.of(self.session)
 
     def run(self, job_id: str, command: RunCommand) -> None:
-        if command.clear_kv:
-            self.session.clear()
-        self._generations[job_id] = self.session.generate(
-            command.request, partial(self._forward, job_id))
+        self._jobs.run(job_id, command)
 
-    def _forward(self, job_id: str, event: Event) -> None:
-        if not isinstance(event, TokenEvent):
-            self._generations.pop(job_id, None)
-        self._sink(job_id, event)
-
-    def abort(self, job_id: str, reason: str) -> None:
-        generation = self._generations.get(job_id)
-        if generation is not None:
-            generation.abort(reason)
+    def abort(self, job_id: str, reason: AbortReason) -> None:
+        self._jobs.abort(job_id, reason)
 
     def close(self) -> None:
         self.session.close()
@@ -117,7 +96,7 @@ class ProcessEngine:
 
     def __init__(self, settings: RuntimeSettings, sink: EngineSink, *,
                  abort_grace_s: float = 10.0) -> None:
-        self._settings = settings
+        self._options = runtime_options(settings)
         self._sink = sink
         self.abort_grace_s = abort_grace_s
         self._lock = threading.Lock()  # _conn, _proc, _current
@@ -144,26 +123,28 @@ class ProcessEngine:
         parent_sock, child_sock = socket.socketpair()
         with child_sock:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rkllm_mqtt.engine", str(child_sock.fileno())],
+                [sys.executable, "-m", "rkllm_mqtt.runtime.child", str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
         parent = Connection(parent_sock.detach())
         try:
-            parent.send((self._settings, logging.getLogger().level))
-            message = parent.recv()
+            parent.send(Start(self._options, logging.getLogger().level))
+            message: FromChild = parent.recv()
         except (EOFError, OSError):
             parent.close()
             raise RuntimeInitError("the runtime process died while loading the model "
                                    f"({_describe_exit(_reap(proc))})") from None
-        if message[0] == "failed":
+        if not isinstance(message, Opened):
             parent.close()
             _reap(proc)
-            raise _rebuild_error(message[1], message[2])
+            if isinstance(message, Failed):
+                raise _rebuild_error(message.error, message.message)
+            raise RuntimeInitError(f"the runtime process answered {message!r} instead of loading")
         with self._lock:
             self._conn, self._proc = parent, proc
         threading.Thread(target=self._read, args=(parent, proc), name="rkllm-engine-reader",
                          daemon=True).start()
         self._ready.set()
-        return message[1]
+        return message.info
 
     def run(self, job_id: str, command: RunCommand) -> None:
         with self._lock:
@@ -171,17 +152,17 @@ class ProcessEngine:
                 raise RuntimeRunError("the runtime is restarting")
             self._current = job_id
             try:
-                self._conn.send(("run", job_id, command))
+                self._conn.send(Run(job_id, command))
             except OSError as err:
                 self._current = None
                 raise RuntimeRunError(f"the runtime process is gone: {err}") from err
 
-    def abort(self, job_id: str, reason: str) -> None:
+    def abort(self, job_id: str, reason: AbortReason) -> None:
         with self._lock:
             if self._current != job_id or self._conn is None:
                 return
             try:
-                self._conn.send(("abort", job_id, reason))
+                self._conn.send(Abort(job_id, reason))
             except OSError:
                 return  # the reader sees the death and answers the job
             proc = self._proc
@@ -201,14 +182,17 @@ class ProcessEngine:
         """Reader thread: forward events; when the child dies, answer its job and restart it."""
         while True:
             try:
-                _, job_id, event = conn.recv()
+                message: FromChild = conn.recv()
             except (EOFError, OSError):
                 break
-            if not isinstance(event, TokenEvent):
+            if not isinstance(message, Emitted):
+                log.warning("unexpected message from the runtime process: %r", message)
+                continue
+            if not isinstance(message.event, TokenEvent):
                 with self._lock:
-                    if self._current == job_id:
+                    if self._current == message.job_id:
                         self._current = None
-            self._sink(job_id, event)
+            self._sink(message.job_id, message.event)
         conn.close()
         if self._closing.is_set():
             return
@@ -224,19 +208,24 @@ class ProcessEngine:
         self._restart()
 
     def _restart(self) -> None:
-        for attempt in itertools.count(1):
+        """Reload until it works or the engine closes, waiting longer after each failure."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(RkllmMqttError),
+            wait=wait_chain(*(wait_fixed(delay) for delay in RESTART_DELAYS_S)),
+            sleep=self._wait_to_restart,
+            before_sleep=_log_failed_reload,
+            reraise=True,
+        )
+        for attempt in retrying:
             if self._closing.is_set():
                 return
-            try:
+            with attempt:
                 self._spawn()
-            except RkllmMqttError as err:
-                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S)) - 1]
-                log.error("reloading the runtime failed (attempt %d): %s; retrying in %g s",
-                          attempt, err, delay)
-                self._closing.wait(delay)
-                continue
+        if not self._closing.is_set():
             log.info("the runtime process was restarted")
-            return
+
+    def _wait_to_restart(self, seconds: float) -> None:
+        self._closing.wait(seconds)  # close() cuts the wait short
 
     def close(self) -> None:
         self._closing.set()
@@ -246,9 +235,16 @@ class ProcessEngine:
             self._ready.clear()
         if conn is not None:
             with contextlib.suppress(OSError):  # already gone
-                conn.send(("close",))
+                conn.send(Close())
         if proc is not None:
             _reap(proc, timeout=15)
+
+
+def _log_failed_reload(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.error("reloading the runtime failed (attempt %d): %s; retrying in %g s",
+              state.attempt_number, error, delay)
 
 
 def _reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
@@ -277,62 +273,3 @@ def _rebuild_error(name: str, message: str) -> RkllmMqttError:
     if isinstance(cls, type) and issubclass(cls, RkllmMqttError) and cls is not errors.ConfigError:
         return cls(message)
     return RkllmMqttError(message)
-
-
-def _child_main(fd: int) -> None:
-    """The child: one Session, commands from the socket, events back through it."""
-    # The parent decides when we stop: a SIGTERM/SIGINT for the whole process group must not
-    # end a request the daemon is finishing.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(fd)
-    settings, log_level = conn.recv()
-    logging.basicConfig(level=log_level or logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lock = threading.Lock()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with lock:
-            conn.send(message)
-
-    session = Session(settings)
-    try:
-        session.open()
-    except RkllmMqttError as err:
-        send(("failed", type(err).__name__, str(err)))
-        return
-    send(("opened", _info(session)))
-    generations: dict[str, Any] = {}
-
-    def forward(job_id: str, event: Event) -> None:
-        if not isinstance(event, TokenEvent):
-            generations.pop(job_id, None)
-        send(("event", job_id, event))
-
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the daemon is gone
-            break
-        if message[0] == "run":
-            _, job_id, command = message
-            try:
-                if command.clear_kv:
-                    session.clear()
-                generations[job_id] = session.generate(command.request, partial(forward, job_id))
-            except (RkllmMqttError, ValueError) as err:
-                send(("event", job_id, ErrorEvent(ErrorCode.RUNTIME_ERROR, str(err))))
-        elif message[0] == "abort":
-            generation = generations.get(message[1])
-            if generation is not None:
-                generation.abort(message[2])
-        elif message[0] == "close":
-            break
-    session.close()
-
-
-if __name__ == "__main__":
-    # Through the importable module, so what the child pickles resolves in the parent.
-    from rkllm_mqtt import engine
-
-    engine._child_main(int(sys.argv[1]))

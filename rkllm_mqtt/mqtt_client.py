@@ -42,9 +42,16 @@ log = logging.getLogger(__name__)
 CONNACK_TIMEOUT_S = 10.0
 ONLINE = b"online"
 OFFLINE = b"offline"
-# CONNACK reasons a retry cannot fix: the user has to change the configuration.
-_FATAL_CONNACK = {"Not authorized", "Bad user name or password", "Client identifier not valid",
-                  "Unsupported protocol version", "Banned"}
+# CONNACK reasons a retry cannot fix: the user has to change the configuration. MQTT 5 reason
+# code values (OASIS MQTT 5.0, 3.2.2.2); paho maps MQTT 3.1.1 return codes 1, 2, 4, 5 onto the
+# first four.
+_FATAL_CONNACK = frozenset({
+    0x84,  # Unsupported Protocol Version
+    0x85,  # Client Identifier not valid
+    0x86,  # Bad User Name or Password
+    0x87,  # Not authorized
+    0x8A,  # Banned
+})
 
 
 class MqttConnectError(RkllmMqttError):
@@ -86,7 +93,7 @@ class MqttClient:
         self._on_message = on_message
         self._on_connected = on_connected
         self._connack: threading.Event = threading.Event()
-        self._connack_reason: str | None = None
+        self._connack_reason: ReasonCode | None = None
         self._connected = threading.Event()
         self._closing = False
         self.v5 = settings.protocol == "5"
@@ -116,6 +123,7 @@ class MqttClient:
         if self.availability_topic is not None:
             client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.enable_logger(logging.getLogger("paho.mqtt"))  # paho's own log, in ours
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -137,12 +145,16 @@ class MqttClient:
         broker); a refusal that retrying cannot fix (bad credentials) raises at once.
         """
         stop = stop or threading.Event()
+
+        def sleep(seconds: float) -> None:  # set `stop` to cut a wait short
+            stop.wait(seconds)
+
         retrying = Retrying(
             retry=retry_if_exception_type(_RetryableConnectError),
             wait=wait_exponential(multiplier=0.5, min=0.5, max=30),
             stop=stop_any(stop_after_attempt(attempts) if attempts else stop_never,
                           stop_when_event_set(stop)),
-            sleep=stop.wait,
+            sleep=sleep,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -177,7 +189,7 @@ class MqttClient:
             raise _RetryableConnectError(f"no CONNACK within {CONNACK_TIMEOUT_S:g} s")
         reason = self._connack_reason
         if reason is not None:
-            if reason in _FATAL_CONNACK:
+            if reason.value in _FATAL_CONNACK:
                 raise MqttConnectError(f"broker {s.host}:{s.port} refused the connection: {reason} "
                                        "(check mqtt.username / password / client_id)")
             raise _RetryableConnectError(f"broker refused the connection: {reason}")
@@ -188,17 +200,18 @@ class MqttClient:
                         reason_code: ReasonCode, properties: Properties | None) -> None:
         try:
             if reason_code.is_failure:
-                self._connack_reason = str(reason_code)
+                self._connack_reason = reason_code
                 log.error("MQTT broker refused the connection: %s", reason_code)
                 return
             sock = client.socket()
-            if sock is not None:
+            if isinstance(sock, socket.socket):  # TLS sockets too (ssl.SSLSocket)
                 # paho leaves Nagle on; with it each streamed token waits for the previous ACK.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.availability_topic is not None:
                 client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
             if self.subscriptions:
-                client.subscribe([(t, self.qos) for t in self.subscriptions])
+                topics: list[tuple[str, int]] = [(t, self.qos) for t in self.subscriptions]
+                client.subscribe(topics)
             self._connected.set()
             log.info("connected to MQTT broker %s:%d", self.settings.host, self.settings.port)
             if self._on_connected is not None:
@@ -222,7 +235,7 @@ class MqttClient:
             props = getattr(msg, "properties", None)
             response_topic = getattr(props, "ResponseTopic", None) if props else None
             correlation = getattr(props, "CorrelationData", None) if props else None
-            self._on_message(InMessage(msg.topic, msg.payload, bool(msg.retain),
+            self._on_message(InMessage(msg.topic, bytes(msg.payload), bool(msg.retain),
                                        response_topic, correlation))
         except Exception:  # a callback must never kill paho's thread
             log.exception("error handling MQTT message on %s", msg.topic)

@@ -14,23 +14,18 @@ library becomes a `runtime_crashed` reply and a reload instead of the end of the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
-from rkllm_mqtt import __version__
 from rkllm_mqtt.config import RuntimeSettings, Settings
 from rkllm_mqtt.conversations import Conversations, Plan
-from rkllm_mqtt.discovery import build_discovery, discovery_topic
 from rkllm_mqtt.engine import (
     Engine,
     EngineInfo,
@@ -40,9 +35,9 @@ from rkllm_mqtt.engine import (
     RunCommand,
 )
 from rkllm_mqtt.errors import RkllmMqttError
-from rkllm_mqtt.mqtt_client import InMessage, MqttClient, MqttConnectError
+from rkllm_mqtt.ha_outputs import HomeAssistantOutputs
+from rkllm_mqtt.mqtt_client import InMessage, MqttClient
 from rkllm_mqtt.protocol import (
-    ErrorCode,
     Outgoing,
     ReplyTarget,
     Request,
@@ -54,16 +49,10 @@ from rkllm_mqtt.protocol import (
     parse_request,
     token_reply,
 )
-from rkllm_mqtt.runtime import (
-    ErrorEvent,
-    Event,
-    FinalEvent,
-    GenerationRequest,
-    Sampling,
-    TokenEvent,
-)
+from rkllm_mqtt.runtime import ErrorEvent, Event, FinalEvent, GenerationRequest, Sampling, TokenEvent
 from rkllm_mqtt.runtime.contract import (
     AbortReason,
+    ErrorCode,
     FinishReason,
     Message,
     StateName,
@@ -73,11 +62,10 @@ from rkllm_mqtt.runtime.contract import (
 )
 from rkllm_mqtt.scheduler import QueueFull, RecentIds, Scheduler
 from rkllm_mqtt.sdnotify import Notifier
+from rkllm_mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
-LAST_RESPONSE_CHARS = 255  # HA's state limit
-ATTRIBUTES_MAX_BYTES = 16000  # HA's recorder drops attributes over 16384 bytes
 SHUTDOWN_FLUSH_S = 5.0
 
 
@@ -104,7 +92,6 @@ class _Stats:
     errors_total: int = 0
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
-    last: dict[str, Any] = field(default_factory=dict)  # last answer for ~/last_response
 
 
 class Service:
@@ -118,15 +105,11 @@ class Service:
             engine_factory = ProcessEngine if isolated else InProcessEngine
         self.settings = settings
         m = settings.mqtt
-        self.prefix = m.prefix
-        self.topics = {name: f"{m.prefix}/{name}" for name in
-                       ("prompt", "abort", "response", "status", "state", "last_response",
-                        "event")}
-        self.topics["attributes"] = f"{m.prefix}/last_response/attributes"
+        self.topics = Topics.of(settings)
         self.policy = RequestPolicy(
-            default_topic=self.topics["response"],
+            default_topic=self.topics.response,
             allowed_response_topics=m.response_filters,
-            reserved_topics=frozenset(t for k, t in self.topics.items() if k != "response"),
+            reserved_topics=self.topics.own,
             max_payload_bytes=settings.limits.max_payload_bytes,
             max_prompt_chars=settings.limits.max_prompt_chars,
         )
@@ -134,12 +117,13 @@ class Service:
         self.engine = engine_factory(settings.runtime, self._on_engine_event)
         self._info = EngineInfo(os.path.basename(settings.runtime.model or ""), settings.runtime.abi,
                                 None, False)
-        subscriptions = [self.topics["prompt"], self.topics["abort"]]
+        subscriptions = list(self.topics.commands)
         if settings.homeassistant.discovery:
             subscriptions.append(settings.homeassistant.status_topic)
-        self.mqtt = MqttClient(m, availability_topic=self.topics["status"],
+        self.mqtt = MqttClient(m, availability_topic=self.topics.status,
                                subscriptions=subscriptions, on_message=self._on_message,
                                on_connected=lambda: self._post(self._on_connected))
+        self.outputs = HomeAssistantOutputs(self.mqtt, self.topics, settings)
         q = settings.queue
         self._scheduler: Scheduler[Job] = Scheduler(q.max_pending)
         self._recent = RecentIds(q.dedupe_window_s)
@@ -153,7 +137,6 @@ class Service:
         self._running: Job | None = None
         self._state: StateName = "loading"
         self._stats = _Stats()
-        self._last_state: bytes | None = None
         self._timers: list[tuple[float, Callable[[], None]]] = []
         self._stopping = False  # the loop's view: intake closed
         self._stopped = False  # stop() ran
@@ -186,7 +169,7 @@ class Service:
         self._state = "idle"
         self._ready = True
         log.info("serving %s (RKLLM %s, runtime %s) on %s", self._info.model, self._info.abi,
-                 self._info.runtime_version or "unknown", self.topics["prompt"])
+                 self._info.runtime_version or "unknown", self.topics.prompt)
         self._loop_thread = threading.Thread(target=self._loop, name="rkllm-service", daemon=True)
         self._loop_thread.start()
 
@@ -212,6 +195,11 @@ class Service:
         return self._loop_thread is not None and self._loop_thread.is_alive()
 
     @property
+    def prefix(self) -> str:
+        """`~` of the README's topics."""
+        return self.topics.prefix
+
+    @property
     def info(self) -> EngineInfo:
         return self._info
 
@@ -221,12 +209,12 @@ class Service:
         self._inbox.put(fn)
 
     def _on_message(self, msg: InMessage) -> None:
-        if msg.retain and msg.topic in (self.topics["prompt"], self.topics["abort"]):
+        if msg.retain and msg.topic in self.topics.commands:
             # A retained command would be replayed at every (re)connect: run once, then forever.
             log.warning("ignored a retained message on %s (publish commands without retain; "
                         "clear it with an empty retained message)", msg.topic)
             return
-        if msg.topic == self.topics["prompt"]:
+        if msg.topic == self.topics.prompt:
             try:
                 request = parse_request(msg.payload, self.policy, response_topic=msg.response_topic,
                                         correlation_data=msg.correlation_data)
@@ -240,7 +228,7 @@ class Service:
                     ErrorCode.INVALID_REQUEST, "the request could not be read", target)))
                 return
             self._post(partial(self._on_request, request, time.monotonic()))
-        elif msg.topic == self.topics["abort"]:
+        elif msg.topic == self.topics.abort:
             self._post(partial(self._on_abort, parse_abort(msg.payload)))
         elif (msg.topic == self.settings.homeassistant.status_topic and not msg.retain
               and msg.payload.strip() == b"online"):
@@ -298,11 +286,11 @@ class Service:
             self._answer_error(job.request, ErrorCode.DEADLINE_EXCEEDED,
                                f"ttl_s ({job.request.ttl_s:g} s) passed while the request waited",
                                finish_reason="deadline")
-        job = self._running
-        if job is not None and job.abort_reason is None and job.run_deadline is not None \
-                and now >= job.run_deadline:
-            if job.deadline is not None and job.run_deadline == job.deadline:
-                message = f"ttl_s ({job.request.ttl_s:g} s) passed while the request ran"
+        running = self._running
+        if running is not None and running.abort_reason is None \
+                and running.run_deadline is not None and now >= running.run_deadline:
+            if running.deadline is not None and running.run_deadline == running.deadline:
+                message = f"ttl_s ({running.request.ttl_s:g} s) passed while the request ran"
             else:
                 message = (f"the run took longer than queue.request_timeout_s "
                            f"({self.settings.queue.request_timeout_s:g} s)")
@@ -371,7 +359,9 @@ class Service:
             return
         request = job.request
         job.new_messages = self._conversations.new_part(request.conversation, job.new_messages)
-        plan = self._conversations.plan(request.conversation, job.new_messages, request.system)
+        tools = request.tools.json if request.tools is not None else None
+        plan = self._conversations.plan(request.conversation, job.new_messages, request.system,
+                                        tools)
         job.plan = plan
         job.started = now = time.monotonic()
         timeout_at = now + self.settings.queue.request_timeout_s
@@ -385,6 +375,7 @@ class Service:
             sampling=Sampling(top_k=request.top_k, top_p=request.top_p,
                               temperature=request.temperature),
             stop=request.stop,
+            tools_json=tools,
         )
         self._running = job
         self._state = "generating"
@@ -434,18 +425,19 @@ class Service:
                                timing=timing)
             return
         self._conversations.finished(request.conversation, job.new_messages,
-                                     plan.system if plan else request.system, event.text,
-                                     cache_exact=event.finish_reason != "stop_sequence")
+                                     plan.system if plan else request.system,
+                                     Message("assistant", event.text, tool_calls=event.tool_calls),
+                                     cache_exact=event.finish_reason != "stop_sequence",
+                                     tools=request.tools.json if request.tools else None)
         log.info("answered %r: %s, %d tokens, %.0f ms (queue %.0f ms)", target.id,
                  event.finish_reason, stats.completion_tokens, timing["total_ms"],
                  timing["queue_ms"])
         self._stats.tokens_per_second = timing["tokens_per_s"]
         self._stats.ttft_ms = timing["ttft_ms"]
-        self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing), target.id)
-        self._publish_last_response(target.id, event.text, event.finish_reason, usage, timing)
-        self._publish_event({"event_type": "completed", "id": target.id,
-                             "finish_reason": event.finish_reason, "usage": usage,
-                             "timing": timing}, text=event.text)
+        self._finish_reply(final_ok(target, event.text, event.finish_reason, usage, timing,
+                                    event.tool_calls), target.id)
+        self.outputs.last_response(target.id, event.text, event.finish_reason, usage, timing)
+        self.outputs.completed(target.id, event.text, event.finish_reason, usage, timing)
 
     # ------------------------------------------------------------------ replies and outputs
 
@@ -456,7 +448,7 @@ class Service:
                           usage=usage, timing=timing)
         self._finish_reply(out, request.id, error=(code, message))
 
-    def _finish_reply(self, out: Outgoing, request_id: Any,
+    def _finish_reply(self, out: Outgoing, request_id: str | int | None,
                       error: tuple[ErrorCode, str] | None = None) -> None:
         """Publish a final reply and account for it (counters, `~/event` for errors)."""
         self.mqtt.publish(out)
@@ -464,30 +456,9 @@ class Service:
         if error is None:
             return
         code, message = error
-        if code is ErrorCode.ABORTED:
-            self._publish_event({"event_type": "aborted", "id": request_id, "message": message})
-        else:
+        if code is not ErrorCode.ABORTED:
             self._stats.errors_total += 1
-            self._publish_event({"event_type": "error", "id": request_id, "code": str(code),
-                                 "message": message})
-
-    def _publish_event(self, payload: dict[str, Any], *, text: str | None = None) -> None:
-        data = _bounded_json(payload, text) if text is not None else _json(payload)
-        self.mqtt.publish_raw(self.topics["event"], data)
-
-    def _publish_last_response(self, request_id: Any, text: str, finish_reason: FinishReason,
-                               usage: Usage, timing: Timing) -> None:
-        short = text if len(text) <= LAST_RESPONSE_CHARS else text[:LAST_RESPONSE_CHARS - 1] + "…"
-        attributes = _bounded_json({"id": request_id, "finish_reason": finish_reason,
-                                    "usage": usage, "timing": timing}, text)
-        self._stats.last = {"state": short.encode("utf-8"), "attributes": attributes}
-        self._publish_last()
-
-    def _publish_last(self) -> None:
-        last = self._stats.last
-        if last:
-            self.mqtt.publish_raw(self.topics["last_response"], last["state"], retain=True)
-            self.mqtt.publish_raw(self.topics["attributes"], last["attributes"], retain=True)
+        self.outputs.failed(request_id, code, message)
 
     def state_payload(self) -> StatePayload:
         state = self._state
@@ -507,18 +478,10 @@ class Service:
         }
 
     def _publish_state(self, *, force: bool = False) -> None:
-        payload = _json(self.state_payload())
-        if force or payload != self._last_state:
-            self._last_state = payload
-            self.mqtt.publish_raw(self.topics["state"], payload, retain=True)
+        self.outputs.state(self.state_payload(), force=force)
 
     def _publish_discovery(self) -> None:
-        topic = discovery_topic(self.settings)
-        if self.settings.homeassistant.discovery:
-            payload = _json(build_discovery(self.settings, model=self._info.model or None))
-            self.mqtt.publish_raw(topic, payload, qos=1, retain=True)
-        else:
-            self.mqtt.publish_raw(topic, b"", qos=1, retain=True)
+        self.outputs.discovery(self._info.model)
 
     def _on_connected(self) -> None:
         """After every (re)connect: the broker may have lost our retained topics."""
@@ -528,9 +491,7 @@ class Service:
         self._announce()
 
     def _announce(self) -> None:
-        self._publish_discovery()
-        self._publish_state(force=True)
-        self._publish_last()
+        self.outputs.announce(self.state_payload(), self._info.model)
 
     def _on_ha_online(self) -> None:
         if self._rediscovery_pending:  # one re-announcement however often "online" arrives
@@ -548,7 +509,7 @@ class Service:
         if self._stopping:
             return
         self._stopping = True
-        self.mqtt.unsubscribe(self.topics["prompt"])
+        self.mqtt.unsubscribe(self.topics.prompt)
         for job in self._scheduler.drain():
             self._answer_error(job.request, ErrorCode.ABORTED,
                                "the daemon is shutting down; the request did not run",
@@ -563,103 +524,9 @@ class Service:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _bounded_json(obj: dict[str, Any], text: str, limit: int = ATTRIBUTES_MAX_BYTES) -> bytes:
-    """`obj` plus "text" and "truncated", the text cut so the whole JSON stays under `limit`."""
-    data = _json({**obj, "text": text, "truncated": False})
-    if len(data) <= limit:
-        return data
-    cut = text
-    while len(data) > limit and cut:
-        over = len(data) - limit
-        cut = cut[:max(0, len(cut) - max(over // 4, 1))]  # ≤ 4 bytes (and escapes) per character
-        data = _json({**obj, "text": cut, "truncated": True})
-    return data
-
-
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def run_service(settings: Settings, *, notifier: Notifier | None = None) -> int:
-    """`rkllm-mqtt run`: serve until SIGTERM/SIGINT; expected failures raise RkllmMqttError."""
-    notifier = notifier or Notifier()
-    stop = threading.Event()
-    signals = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: leave now
-        log.info("%s received: stopping", signals.get(signum, signum))
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
-    try:
-        log.info("rkllm-mqtt %s starting (node %s, broker %s:%d)", __version__,
-                 settings.mqtt.node_id, settings.mqtt.host, settings.mqtt.port)
-        service = Service(settings, notifier=notifier)
-        notifier.status("connecting to the MQTT broker")
-        try:
-            service.start(stop=stop)
-        except MqttConnectError:
-            if stop.is_set():
-                log.info("stopped before the broker answered")
-                return 0
-            raise
-        if stop.is_set():
-            notifier.stopping()
-            service.stop()
-            return 0
-        notifier.ready(f"serving {service.info.model} on {service.topics['prompt']}")
-        while not stop.wait(0.5):
-            if not service.alive:
-                log.error("the service loop ended unexpectedly")
-                break
-        notifier.stopping()
-        service.stop()
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _one_shot_client(settings: Settings, suffix: str) -> MqttClient:
-    client = MqttClient(settings.mqtt, client_id=f"{settings.mqtt.effective_client_id}-{suffix}")
-    client.connect(attempts=3)
-    return client
-
-
-def publish_discovery(settings: Settings) -> int:
-    """`rkllm-mqtt discovery`: publish the retained device discovery once."""
-    client = _one_shot_client(settings, "discovery")
-    try:
-        model = os.path.basename(settings.runtime.model or "") or None
-        info = client.publish_raw(discovery_topic(settings),
-                                  _json(build_discovery(settings, model=model)), qos=1, retain=True)
-        info.wait_for_publish(10)
-    finally:
-        client.close()
-    print(f"published {discovery_topic(settings)}")
-    return 0
-
-
-def remove_discovery(settings: Settings) -> int:
-    """`rkllm-mqtt discovery --remove`: clear the retained discovery so HA forgets the device."""
-    client = _one_shot_client(settings, "discovery")
-    try:
-        info = client.publish_raw(discovery_topic(settings), b"", qos=1, retain=True)
-        info.wait_for_publish(10)
-    finally:
-        client.close()
-    print(f"removed {discovery_topic(settings)}")
-    return 0

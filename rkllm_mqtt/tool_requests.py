@@ -23,7 +23,7 @@ MAX_TOOLS = 64
 MAX_TOOLS_CHARS = 32768  # of the tools' canonical JSON
 MAX_TOOL_DEPTH = 16  # nesting of objects and lists in one tool definition
 MAX_TOOL_CALLS = 32  # in one assistant turn
-TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # room for an API namespace ("assist__…")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +54,8 @@ def parse_tools(value: Any) -> Tools | None:
         function = tool["function"]
         name = function.get("name")
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
-            raise ValueError(f"[{i}].function.name: must be 1 to 64 characters of "
-                             "A-Z a-z 0-9 _ . -")
+            raise ValueError(f"[{i}].function.name: must be 1 to 128 characters of "
+                             "A-Z a-z 0-9 _ . : -")
         if name in names:
             raise ValueError(f"[{i}].function.name: {name!r} is given twice")
         entry: dict[str, Any] = {"name": name}

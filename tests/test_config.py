@@ -105,3 +105,15 @@ def test_password_file_is_read_and_never_shown(tmp_path: Path) -> None:
     assert "hunter2" not in repr(inline)
     with pytest.raises(ConfigError, match="password"):
         load_config(None, mqtt={"password": "a", "password_file": str(secret)})
+
+
+def test_the_runtime_gets_every_runtime_key_it_reads_as_a_plain_value():
+    from dataclasses import fields
+
+    from rkllm_mqtt.engine import runtime_options
+    from rkllm_mqtt.runtime.options import RuntimeOptions
+
+    assert {f.name for f in fields(RuntimeOptions)} <= set(RuntimeSettings.model_fields)
+    options = runtime_options(RuntimeSettings(model="/m.rkllm", top_k=5, enabled_cpus_mask=0xF0,
+                                              abi="1.3", keep_history=False))
+    assert options == RuntimeOptions(model="/m.rkllm", top_k=5, enabled_cpus_mask=0xF0, abi="1.3")

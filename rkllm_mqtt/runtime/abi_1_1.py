@@ -21,8 +21,8 @@ from ctypes import (
     c_uint8,
     c_void_p,
 )
-from typing import Any
 
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
@@ -212,7 +212,7 @@ FUNCTIONS = (
 )
 
 
-def bind(lib: ctypes.CDLL, path: str) -> Any:
+def bind(lib: ctypes.CDLL, path: str) -> RkllmApi:
     """Every function of this header, with argtypes/restype set; attributes carry the C names."""
     return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
 

@@ -22,9 +22,9 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
-from typing import Any
 
 from rkllm_mqtt.runtime import abi_1_1
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     CFunction,
     LLMCallState,
@@ -203,7 +203,7 @@ FUNCTIONS = revise(
 )
 
 
-def bind(lib: ctypes.CDLL, path: str) -> Any:
+def bind(lib: ctypes.CDLL, path: str) -> RkllmApi:
     """Every function of this header, with argtypes/restype set; attributes carry the C names."""
     return bind_all(lib, FUNCTIONS, abi=ABI, path=path)
 

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from ctypes import POINTER, Structure, c_char_p, c_float, c_int, c_int32, c_size_t, c_void_p
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rkllm_mqtt.errors import RuntimeLoadError
+
+if TYPE_CHECKING:
+    from rkllm_mqtt.runtime.api import BoundFunction, RkllmApi
 
 # True on LP64 (aarch64, x86-64): the only data model whose sizes rkllm-api.md §1.1 records.
 IS_64BIT = ctypes.sizeof(c_void_p) == 8
@@ -158,7 +161,7 @@ def revise(functions: Sequence[CFunction], *entries: CFunction | str) -> tuple[C
     return tuple(table)
 
 
-def bind(lib: ctypes.CDLL, fn: CFunction, *, abi: str, path: str) -> Any:
+def bind(lib: ctypes.CDLL, fn: CFunction, *, abi: str, path: str) -> BoundFunction:
     """Look up one symbol and set argtypes/restype, so no call can go out without them.
 
     `lib[name]` returns a fresh function object each time, so two families bound against the same
@@ -173,7 +176,7 @@ def bind(lib: ctypes.CDLL, fn: CFunction, *, abi: str, path: str) -> Any:
         ) from err
     func.argtypes = list(fn.argtypes)
     func.restype = fn.restype
-    return func
+    return cast("BoundFunction", func)
 
 
 # The entry points the Session calls. The rest of a family's table (LoRA, prompt cache, function
@@ -185,15 +188,15 @@ REQUIRED_FUNCTIONS = frozenset({
 })
 
 
-def bind_all(lib: ctypes.CDLL, functions: Sequence[CFunction], *, abi: str, path: str) -> Any:
+def bind_all(lib: ctypes.CDLL, functions: Sequence[CFunction], *, abi: str, path: str) -> RkllmApi:
     """Bind a family's whole function table; attribute names are the C names."""
-    bound: dict[str, Any] = {}
+    bound: dict[str, BoundFunction | None] = {}
     for fn in functions:
         if fn.name in REQUIRED_FUNCTIONS or hasattr(lib, fn.name):
             bound[fn.name] = bind(lib, fn, abi=abi, path=path)
         else:
             bound[fn.name] = None
-    return SimpleNamespace(**bound)
+    return cast("RkllmApi", SimpleNamespace(**bound))
 
 
 def check_layout(

@@ -15,10 +15,10 @@ import os
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 from rkllm_mqtt.errors import AbiDetectionError, RuntimeLoadError
 from rkllm_mqtt.runtime import abi_1_1, abi_1_2, abi_1_2_0, abi_1_3
+from rkllm_mqtt.runtime.api import RkllmApi
 
 FAMILIES: dict[str, ModuleType] = {
     "1.1": abi_1_1,
@@ -44,7 +44,7 @@ class LoadedLibrary:
     abi: str
     runtime_version: str | None
     module: ModuleType  # the family module (abi_1_1 ...)
-    functions: Any  # the family's bound functions, attributes named like the C functions
+    functions: RkllmApi  # the family's bound functions, attributes named like the C functions
 
 
 def load_library(path: str) -> ctypes.CDLL:

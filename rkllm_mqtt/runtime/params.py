@@ -11,17 +11,16 @@ import ctypes
 import logging
 import os
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import RKLLM_INFER_GENERATE, RKLLM_INPUT_PROMPT
 from rkllm_mqtt.runtime.events import Sampling
-
-if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
-    from rkllm_mqtt.config import RuntimeSettings
+from rkllm_mqtt.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-# RuntimeSettings keys that are RKLLMParam fields of the same name and type.
+# RuntimeOptions keys that are RKLLMParam fields of the same name and type.
 PARAM_KEYS = (
     "max_context_len",
     "max_new_tokens",
@@ -65,7 +64,7 @@ def _unsupported(abi: str, key: str) -> None:
     log.warning("runtime.%s is not part of the RKLLM %s ABI; ignored", key, abi)
 
 
-def build_param(module: ModuleType, functions: Any, settings: RuntimeSettings) -> Any:
+def build_param(module: ModuleType, functions: RkllmApi, settings: RuntimeOptions) -> Any:
     """rkllm_createDefaultParam() with every configured key applied; is_async is always false."""
     param = functions.rkllm_createDefaultParam()
     param.model_path = os.fsencode(settings.model or "")

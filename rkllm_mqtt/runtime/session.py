@@ -22,9 +22,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rkllm_mqtt.errors import RuntimeInitError, RuntimeRunError
+from rkllm_mqtt.runtime.api import RkllmApi
 from rkllm_mqtt.runtime.common import (
     RKLLM_RUN_ERROR,
     RKLLM_RUN_FINISH,
@@ -48,6 +49,7 @@ from rkllm_mqtt.runtime.nativelog import (
     explain_init_failure,
     logged_runtime_version,
 )
+from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.params import (
     build_infer_param,
     build_input,
@@ -64,9 +66,6 @@ from rkllm_mqtt.runtime.prompt import (
 )
 from rkllm_mqtt.runtime.stream import TextStream
 from rkllm_mqtt.runtime.tools import TOOL_RESPONSE_TAG, ToolCallFilter, ToolSet
-
-if TYPE_CHECKING:  # the daemon's config model; the runtime reads only its attributes
-    from rkllm_mqtt.config import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ class Generation:
 class Session:
     """The RKLLM handle of one model: `open()`, `generate()` any number of times, `close()`."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeOptions) -> None:
         self.settings = settings
         self.abi: str = settings.abi
         self.runtime_version: str | None = None
@@ -191,7 +190,6 @@ class Session:
         self._closed = False
         self._in_callback = threading.local()
         self._lib: LoadedLibrary | None = None
-        self._fn: Any = None
         self._param: Any = None
         self._handle: LLMHandle | None = None
         self._current: _Run | None = None  # the run inside rkllm_run; guarded by _run_lock
@@ -201,6 +199,20 @@ class Session:
         # Held for the handle's whole life: the library keeps these pointers.
         self._callback: Any = None
         self._callback_struct: Any = None
+
+    @property
+    def _api(self) -> RkllmApi:
+        """The bound functions; only reached once `open()` loaded the library."""
+        if self._lib is None:
+            raise RuntimeRunError("the RKLLM session is not open")
+        return self._lib.functions
+
+    @property
+    def _live(self) -> LLMHandle:
+        """The handle rkllm_init returned; calls that need one come only after it."""
+        if self._handle is None:
+            raise RuntimeRunError("the RKLLM handle is not initialised")
+        return self._handle
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,11 +230,11 @@ class Session:
         if not self.settings.model:
             raise RuntimeInitError("runtime.model is not set (the path of the .rkllm model file)")
         loaded = open_library(self.settings.library, self.settings.abi)
-        self._lib, self._fn = loaded, loaded.functions
+        self._lib = loaded
         self.abi, self.library_path = loaded.abi, loaded.path
         self.runtime_version = loaded.runtime_version
         self.supports_history = self.abi != "1.1"
-        self._param = build_param(loaded.module, self._fn, self.settings)
+        self._param = build_param(loaded.module, loaded.functions, self.settings)
         self._make_callback(loaded.module)
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
@@ -291,7 +303,8 @@ class Session:
     @property
     def native_tools(self) -> bool:
         """1.2.1+: the library takes the tools itself (rkllm_set_function_tools, role "tool")."""
-        return getattr(self._fn, "rkllm_set_function_tools", None) is not None
+        return (self._lib is not None
+                and getattr(self._api, "rkllm_set_function_tools", None) is not None)
 
     def clear(self, keep_system_prompt: bool = False) -> None:
         """rkllm_clear_kv_cache after everything queued before it (no-op on 1.1, no KV API)."""
@@ -352,7 +365,7 @@ class Session:
             else self._callback
         )
         with capture_native_output() as output:
-            status = self._fn.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
+            status = self._api.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)
         logged = logged_runtime_version("".join(output))
         if status != 0 or not handle.value:
             raise RuntimeInitError(
@@ -382,22 +395,22 @@ class Session:
 
     def _destroy(self) -> None:
         if self._handle is not None:
-            status = self._fn.rkllm_destroy(self._handle)
+            status = self._api.rkllm_destroy(self._handle)
             if status != 0:
                 log.warning("rkllm_destroy returned %d", status)
             self._handle = None
 
     def _clear(self, keep_system_prompt: bool) -> None:
-        if len(self._fn.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt), None, None)
+        if len(self._api.rkllm_clear_kv_cache.argtypes) == 4:  # 1.2.1+: start_pos, end_pos
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt), None, None)
         else:
-            status = self._fn.rkllm_clear_kv_cache(self._handle, int(keep_system_prompt))
+            status = self._api.rkllm_clear_kv_cache(self._live, int(keep_system_prompt))
         if status != 0:
             raise RuntimeRunError(f"rkllm_clear_kv_cache failed ({status})")
 
     def _set_template(self, template: Template) -> int:
-        status = self._fn.rkllm_set_chat_template(
-            self._handle,
+        status = self._api.rkllm_set_chat_template(
+            self._live,
             c_string(template.system_prompt),
             c_string(template.prompt_prefix),
             c_string(template.prompt_postfix),
@@ -416,9 +429,10 @@ class Session:
         if tools == self._tools_now:
             return 0
         system_prompt, tools_json = tools
-        status = self._fn.rkllm_set_function_tools(
-            self._handle, c_string(system_prompt), c_string(tools_json),
-            c_string(TOOL_RESPONSE_TAG))
+        set_function_tools = self._api.rkllm_set_function_tools
+        assert set_function_tools is not None  # only called when native_tools
+        status = set_function_tools(self._live, c_string(system_prompt), c_string(tools_json),
+                                    c_string(TOOL_RESPONSE_TAG))
         self._tools_now = (None if tools_json == "[]" else tools) if status == 0 else None
         return status
 
@@ -489,8 +503,8 @@ class Session:
         status = 0
         try:
             if not skip:
-                status = self._fn.rkllm_run(
-                    self._handle, ctypes.byref(rkllm_input), ctypes.byref(infer), None
+                status = self._api.rkllm_run(
+                    self._live, ctypes.byref(rkllm_input), ctypes.byref(infer), None
                 )
         finally:
             with self._run_lock:
@@ -592,7 +606,7 @@ class Session:
                 return  # not inside rkllm_run (yet/anymore): the worker checks stop_reason
             if run.callbacks == 0:
                 run.abort_before_callback = True
-            status = self._fn.rkllm_abort(self._handle)
+            status = self._api.rkllm_abort(self._handle)
         if status != 0:
             log.warning("rkllm_abort returned %d", status)
 

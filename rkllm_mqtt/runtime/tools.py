@@ -11,9 +11,10 @@ live in a lean child process, on the callback path of every token.
   XML-like `<function=NAME><parameter=KEY>VALUE</parameter></function>` (inside `<tool_call>` or
   bare).
 - Malformed markup (bad JSON, a function that was not offered, arguments that are not an object,
-  a block still open when the run ends) is handled one way every time: it is not a call, so it is
-  text, released to the stream and the final text exactly as the model wrote it (what vLLM's and
-  llama.cpp's Hermes parsers do as well). Each block is judged on its own.
+  a block still open when the run ends or longer than MAX_BLOCK_CHARS) is handled one way every
+  time: it is not a call, so it is text, released to the stream and the final text exactly as
+  the model wrote it (what vLLM's and llama.cpp's Hermes parsers do as well). Each block is
+  judged on its own.
 - `hermes_system`, `render_tool_results`, `render_tool_calls`: the Qwen2.5 chat template's tool
   parts (tokenizer_config.json of Qwen/Qwen2.5-*-Instruct), for runtimes without
   rkllm_set_function_tools (1.1.x, 1.2.0), where the daemon writes the prompt text itself.
@@ -24,6 +25,7 @@ live in a lean child process, on the callback path of every token.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -32,9 +34,13 @@ from typing import Any
 
 from rkllm_mqtt.runtime.contract import Message, ToolCall
 
+log = logging.getLogger(__name__)
+
 # tool_response_str of rkllm_set_function_tools, as in the 1.3.0 demo.
 TOOL_RESPONSE_TAG = "tool_response"
 
+# A block longer than this is not a call: it is released as text instead of holding the stream.
+MAX_BLOCK_CHARS = 8192
 _CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 _OPENERS = tuple(_CLOSERS)
 _FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
@@ -75,7 +81,7 @@ class ToolCallFilter:
         self._buffer = ""  # text not released yet: a possible markup start, or a block
         self._block: str | None = None  # the opener of the block being read
         self._space_before = ""  # whitespace before the block (dropped with a valid call)
-        self._skip_space = False  # drop whitespace that follows a call
+        self._after_call = False  # the last thing read was a call: blanks after it may go
         self._parts: list[str] = []
         self.calls: list[ToolCall] = []
 
@@ -96,19 +102,17 @@ class ToolCallFilter:
         """End of run: an open block is malformed (text); held text is released."""
         out: list[str] = []
         if self._block is not None:
+            log.warning("the answer ended inside a tool call; kept as text: %.200r", self._buffer)
             out.append(self._space_before + self._buffer)
-        elif not self._skip_space:
+        elif not (self._after_call and not self._buffer.strip()):  # blanks after the last call go
             out.append(self._buffer)
         self._buffer, self._block, self._space_before = "", None, ""
         return self._emit("".join(out))
 
     def _step(self, out: list[str]) -> bool:
         """Consume what the buffer settles; True when another step may settle more."""
-        if self._skip_space:
-            self._buffer = self._buffer.lstrip()
-            if not self._buffer:
-                return False
-            self._skip_space = False
+        if self._after_call and not self._parts and not out:
+            self._buffer = self._buffer.lstrip()  # an answer that starts with a call
         if self._block is None:
             found = [(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
             if not found:
@@ -116,28 +120,39 @@ class ToolCallFilter:
                 ready = self._buffer[: len(self._buffer) - keep]
                 text = ready.rstrip()  # whitespace may precede markup: hold it too
                 out.append(text)
+                self._after_call = self._after_call and not text
                 self._buffer = self._buffer[len(text):]
                 return False
             start, opener = min(found)
             before = self._buffer[:start]
             text = before.rstrip()
             out.append(text)
+            self._after_call = self._after_call and not text
             self._space_before = before[len(text):]
             self._block = opener
             self._buffer = self._buffer[start:]
             return True
         closer = _CLOSERS[self._block]
         end = self._buffer.find(closer, len(self._block))
+        if end < 0 and len(self._buffer) > MAX_BLOCK_CHARS:
+            log.warning("a tool call longer than %d characters; kept as text", MAX_BLOCK_CHARS)
+            out.append(self._space_before + self._buffer)
+            self._buffer, self._block, self._space_before = "", None, ""
+            self._after_call = False
+            return False
         if end < 0:
             return False
         end += len(closer)
         block, self._buffer = self._buffer[:end], self._buffer[end:]
         calls = self._parse(block)
         if calls is None:
+            log.warning("malformed tool call (bad JSON, a function not offered, or arguments "
+                        "that are not an object); kept as text: %.200r", block)
             out.append(self._space_before + block)
+            self._after_call = False
         else:
             self.calls.extend(calls)
-            self._skip_space = True
+            self._after_call = True
         self._block, self._space_before = None, ""
         return True
 

@@ -58,6 +58,8 @@
  *   [sim:hang]          1 token, then 10 ms sleeps until rkllm_abort
  *   [sim:delay_ms=N]    sleep N ms before each token
  *   [sim:tool_xml]      a tool call (see "Function calling" below) in the XML-like form
+ *   [sim:echo]          the echo answer even when the prompt asks for a tool (so a test can
+ *                       make the "model" write any markup: it is in the echoed prompt)
  *
  * Function calling: with tools set (rkllm_set_function_tools on 1.2.1+; a "<tools>" block in the
  * text before 1.2.1) and a prompt that asks for one of them, the answer is a Qwen-style
@@ -955,8 +957,9 @@ static bool ends_mid_char(const char *text, size_t len, size_t end) {
  *     <tool_call>\n{"name": "NAME", "arguments": {"name": "THING"}}\n</tool_call>
  * or, with [sim:tool_xml] in the prompt, the XML-like form of Rockchip's 1.3.0 demo:
  *     <tool_call>\n<function=NAME>\n<parameter=name>\nTHING\n</parameter>\n</function>\n</tool_call>
- * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! or a newline); without
- * it the arguments are empty. run.tool_call in rkllm_sim_inspect() names the function called.
+ * THING is what follows "turn on"/"turn off" (without "the", up to . , ? ! [ < " or a
+ * newline); without it the arguments are empty. run.tool_call in rkllm_sim_inspect() names
+ * the function called.
  */
 
 #define SIM_MAX_TOOLS 64
@@ -1063,7 +1066,7 @@ static bool sim_tool_switches(const SimTool *t, bool on) {
 
 /* A tool call for the prompt, if it asks for one; records the function in run.tool_call. */
 static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
-    if (sim_is_tool_role(h)) return false;
+    if (sim_is_tool_role(h) || sim_directive(prompt, "echo")) return false;
     char *tools = sim_tools_text(h, prompt);
     if (!tools) return false;
     const char *ask = prompt, *cut;
@@ -1091,7 +1094,7 @@ static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
 
     char *value = NULL;
     if (thing && pick->takes_name) {
-        size_t len = strcspn(thing, ".,?!\n[");
+        size_t len = strcspn(thing, ".,?!\n[<\"");
         while (len && thing[len - 1] == ' ') len--;
         value = strndup(thing, len);
     }

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from rkllm_mqtt.broker import start_broker
-from rkllm_mqtt.demo import demo
+from rkllm_mqtt.commands.demo import demo
 from rkllm_mqtt.simulator import expected_answer
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rkllm_mqtt.ask import ask
+from rkllm_mqtt.commands.ask import ask
 from rkllm_mqtt.simulator import expected_answer
 
 pytestmark = pytest.mark.timeout(90)

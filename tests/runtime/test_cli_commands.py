@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rkllm_mqtt.commands.runtime import check, generate
 from rkllm_mqtt.config import RuntimeSettings, Settings
-from rkllm_mqtt.runtime.cli_commands import check, generate
 from rkllm_mqtt.simulator import expected_answer
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
-from rkllm_mqtt.ask import ask
 from rkllm_mqtt.broker import start_broker
+from rkllm_mqtt.commands.ask import ask
 from rkllm_mqtt.config import load_config
 from rkllm_mqtt.service import Service
 from rkllm_mqtt.simulator import build_simulator, sim_model_file

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from rkllm_mqtt.config import Settings
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
+from rkllm_mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def ask(
     out = stream_to or sys.stdout
     err = errors_to or sys.stderr
     client_id = f"rkllm-ask-{uuid.uuid4().hex[:10]}"
-    reply_topic = f"{settings.mqtt.base_topic}/reply/{client_id}"
-    status_topic = f"{settings.mqtt.prefix}/status"
+    topics = Topics.of(settings)
+    reply_topic = f"{topics.reply_base}/{client_id}"
+    status_topic = topics.status
     request_id = uuid.uuid4().hex
     request: dict[str, Any] = {"id": request_id, "prompt": text, "stream": stream,
                                "response_topic": reply_topic}
@@ -54,7 +56,7 @@ def ask(
                         subscriptions=[reply_topic, status_topic], on_message=inbox.put)
     client.connect(attempts=3)
     try:
-        client.publish_raw(f"{settings.mqtt.prefix}/prompt", json.dumps(request))
+        client.publish_raw(topics.prompt, json.dumps(request))
         return _receive(inbox, request_id, reply_topic, status_topic, timeout, stream, out, err)
     finally:
         client.close()

@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from rkllm_mqtt.config import Settings
+from rkllm_mqtt.engine import runtime_options
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME
 from rkllm_mqtt.runtime.events import ErrorEvent, FinalEvent, GenerationRequest, TokenEvent
@@ -48,7 +49,7 @@ def check(
     print(f"model:           {model} ({size})", file=out)
     if not init_model:
         return EXIT_OK
-    session = Session(runtime)
+    session = Session(runtime_options(runtime))
     try:
         session.open()
     except RkllmMqttError as error:
@@ -63,7 +64,7 @@ def generate(
     settings: Settings, text: str, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     """One local generation: tokens to `out` as they arrive, statistics to `err`."""
-    session = Session(settings.runtime)
+    session = Session(runtime_options(settings.runtime))
     try:
         session.open()
     except RkllmMqttError as error:
