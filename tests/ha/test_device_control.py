@@ -450,8 +450,16 @@ async def test_turn_on_the_kitchen_light(
     assert user == {"role": "user", "content": "Turn on the kitchen light"}
     assert assistant["tool_calls"] == [call]
     assert (tool_result["role"], tool_result["tool_call_id"]) == ("tool", call["id"])
-    assert json.loads(tool_result["content"])["response_type"] == "action_done"
+    result_data = json.loads(tool_result["content"])
+    assert result_data["response_type"] == "action_done"
+    assert result_data["data"]["success"] == [
+        {"name": "Kitchen light", "type": "entity", "id": KITCHEN_LIGHT}
+    ]
+    # The daemon continued the conversation's KV cache: the simulated model read the round's
+    # results (one JSON array, as Rockchip's demo sends them with role "tool") and nothing else of
+    # the chat it was sent; its answer echoes what it read.
     assert second_final["finish_reason"] == "stop"
+    assert second_final["text"] == expected_answer(json.dumps([result_data]))
     assert speech(result) == second_final["text"]
     # The answer streamed, and no tool-call markup reached it.
     texts = "".join(delta.get("content") or "" for delta in recorder.deltas)
