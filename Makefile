@@ -4,11 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv broker demo run test test-main test-ha lint bench clean
+.PHONY: help venv broker demo run test test-main test-ha test-ha-2025 test-ha-2026 hacs lint bench clean
 
 help:
 	@echo "make demo   - broker + simulated RK3588 + daemon on this machine, one streamed answer"
-	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), the Home Assistant tier"
+	@echo "make test   - lint, type check, the daemon/runtime tests (real Mosquitto, real simulator), both Home Assistant tiers"
+	@echo "make hacs   - the HACS repository tree of the integration, in build/hacs"
 	@echo "make bench  - the performance budgets in benchmarks/"
 
 venv: $(BIN)/.installed
@@ -42,8 +43,19 @@ test-main: venv broker
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Both Home Assistant tiers: 2025.4.4 (the oldest supported) and 2026.10.4 (a chroot with Python 3.14);
+# a tier that cannot run on this machine is skipped with one line saying why.
 test-ha: venv broker
-	bash tests/ha/run.sh
+	bash tests/ha/run.sh all
+
+test-ha-2025: venv broker
+	bash tests/ha/run.sh 2025
+
+test-ha-2026:
+	bash tests/ha/run.sh 2026
+
+hacs:
+	bash ha_integration/build-hacs.sh build/hacs
 
 lint: venv
 	$(BIN)/ruff check .

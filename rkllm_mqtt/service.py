@@ -475,6 +475,9 @@ class Service:
             "ttft_ms": self._stats.ttft_ms,
             "requests_total": self._stats.requests_total,
             "errors_total": self._stats.errors_total,
+            # What a client must stay within, so it can cut a chat before the daemon refuses it.
+            "limits": {"max_prompt_chars": self.policy.max_prompt_chars,
+                       "max_payload_bytes": self.policy.max_payload_bytes},
         }
 
     def _publish_state(self, *, force: bool = False) -> None:

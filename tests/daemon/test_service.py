@@ -51,7 +51,9 @@ def test_json_prompt_streams_tokens_and_one_final(broker, daemon, probe_factory)
     assert state == {"state": "idle", "busy": False, "queue": 0, "model": "model.rkllm",
                      "runtime_version": "1.2.3", "abi": "1.2", "tokens_per_second":
                      final["timing"]["tokens_per_s"], "ttft_ms": final["timing"]["ttft_ms"],
-                     "requests_total": 1, "errors_total": 0}
+                     "requests_total": 1, "errors_total": 0,
+                     "limits": {"max_prompt_chars": svc.settings.limits.max_prompt_chars,
+                                "max_payload_bytes": svc.settings.limits.max_payload_bytes}}
     # retained: a client arriving later sees state, availability and the last answer at once
     late = probe_factory(broker, topics=(f"{svc.prefix}/#",))
     got = {m.topic: m for m in (late.wait_for(lambda m, t=t: m.topic == t) for t in (

@@ -157,14 +157,20 @@ def start_daemon(mqtt_broker: Broker, tmp_path: Path) -> Iterator[Callable[..., 
         watcher.close()
 
 
-async def setup_entry(hass: HomeAssistant, node_id: str = NODE_ID, **options: object) -> MockConfigEntry:
-    """A config entry for `node_id`, set up, with its subscriptions at the broker."""
+async def setup_entry(
+    hass: HomeAssistant, node_id: str = NODE_ID, *, base_topic: str = BASE_TOPIC, **options: object
+) -> MockConfigEntry:
+    """A config entry for `node_id` (of this release's version), set up, with its subscriptions at
+    the broker."""
+    flow = rkllm_config_flow.RkllmConfigFlow
     entry = MockConfigEntry(
         domain=DOMAIN,
         title=f"RKLLM {node_id}",
-        unique_id=f"{BASE_TOPIC}/{node_id}",
-        data={CONF_BASE_TOPIC: BASE_TOPIC, CONF_NODE_ID: node_id},
+        unique_id=f"{base_topic}/{node_id}",
+        data={CONF_BASE_TOPIC: base_topic, CONF_NODE_ID: node_id},
         options=options,
+        version=flow.VERSION,
+        minor_version=flow.MINOR_VERSION,
     )
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)

@@ -344,60 +344,113 @@ async def test_an_empty_answer_keeps_the_conversation_consistent(
 MQTT_DEVICE = ("mqtt", f"rkllm_{NODE_ID}")  # the identifier of the daemon's discovery device
 
 
-def _devices_without_entities(hass: HomeAssistant, entry_id: str) -> list[dr.DeviceEntry]:
-    entities = er.async_get(hass)
-    return [
-        device for device in dr.async_entries_for_config_entry(dr.async_get(hass), entry_id)
-        if not er.async_entries_for_device(entities, device.id, include_disabled_entities=True)
-    ]
+def _agent_device(hass: HomeAssistant, entity_id: str = ENTITY_ID) -> dr.DeviceEntry:
+    device_id = er.async_get(hass).async_get(entity_id).device_id
+    assert device_id is not None
+    return dr.async_get(hass).async_get(device_id)
 
 
-async def test_the_agent_joins_the_device_of_the_daemons_discovery(
-    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
-) -> None:
-    hass = ha_with_mqtt
-    start_daemon(**QWEN_TEMPLATE)
-    devices = dr.async_get(hass)
-    daemon_device = await wait_until(
-        hass, lambda: devices.async_get_device(identifiers={MQTT_DEVICE}),
-        "the device from the daemon's MQTT discovery",
-    )
-    entry = await setup_entry(hass)
+def _mqtt_device(hass: HomeAssistant) -> dr.DeviceEntry | None:
+    from custom_components.rkllm_mqtt.entity import find_daemon_device
 
-    entity = er.async_get(hass).async_get(ENTITY_ID)
-    assert entity.device_id == daemon_device.id
-    device = devices.async_get(daemon_device.id)
-    assert entry.entry_id in device.config_entries
-    assert device.name == f"RKLLM {NODE_ID}"  # the daemon's name, not overwritten
-    assert device.model == daemon_device.model  # nor its model
-    assert _devices_without_entities(hass, entry.entry_id) == []
+    return find_daemon_device(hass, NODE_ID)
 
 
-async def test_the_agent_has_the_same_device_before_and_after_the_daemons_discovery(
-    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
-) -> None:
-    """Whichever comes first, the daemon's discovery or this entry's setup, there is one device."""
-    hass = ha_with_mqtt
-    devices = dr.async_get(hass)
-    entry = await setup_entry(hass)
-    device = devices.async_get(er.async_get(hass).async_get(ENTITY_ID).device_id)
-    # Made by the entity, under the identifier the daemon's discovery will use, named like it.
-    assert device.identifiers == {MQTT_DEVICE}
+def _owner(device: dr.DeviceEntry) -> str | None:
+    """The config entry a device belongs to (HA 2026.x has one per device; older ones a primary)."""
+    if hasattr(dr.DeviceInfo, "__annotations__") and "via_device_id" in dr.DeviceInfo.__annotations__:
+        return device.config_entry_id
+    return device.primary_config_entry
+
+
+def _assert_agent_device(hass: HomeAssistant, entry_id: str, device: dr.DeviceEntry) -> None:
+    """The agent's own device: a service of this entry, named after it, nothing else in it."""
+    assert device.identifiers == {(rkllm_const.DOMAIN, entry_id)}
+    assert device.entry_type is dr.DeviceEntryType.SERVICE
     assert device.name == f"RKLLM {NODE_ID}"
-    assert device.entry_type is None
-    assert _devices_without_entities(hass, entry.entry_id) == []
+    assert _owner(device) == entry_id
+    assert [d.id for d in dr.async_entries_for_config_entry(dr.async_get(hass), entry_id)] == [device.id]
+
+
+async def test_the_agent_has_its_own_device_linked_to_the_daemons(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
+) -> None:
+    hass = ha_with_mqtt
+    start_daemon(**QWEN_TEMPLATE)
+    daemon_device = await wait_until(hass, lambda: _mqtt_device(hass), "the daemon's MQTT device")
+    entry = await setup_entry(hass)
+
+    device = _agent_device(hass)
+    _assert_agent_device(hass, entry.entry_id, device)
+    assert device.via_device_id == daemon_device.id
+    # The daemon's device is left as its discovery made it: the mqtt entry's, with its name and model.
+    daemon_device = dr.async_get(hass).async_get(daemon_device.id)
+    assert _owner(daemon_device) == hass.config_entries.async_entries("mqtt")[0].entry_id
+    assert daemon_device.name == f"RKLLM {NODE_ID}"
+    assert daemon_device.model
+
+
+async def test_the_link_is_made_when_the_daemons_discovery_comes_later(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon]
+) -> None:
+    hass = ha_with_mqtt
+    entry = await setup_entry(hass)
+    device = _agent_device(hass)
+    _assert_agent_device(hass, entry.entry_id, device)
+    assert device.via_device_id is None
 
     start_daemon(**QWEN_TEMPLATE)
-    mqtt_entry_id = hass.config_entries.async_entries("mqtt")[0].entry_id
+    daemon_device = await wait_until(hass, lambda: _mqtt_device(hass), "the daemon's MQTT device")
     await wait_until(
-        hass, lambda: mqtt_entry_id in devices.async_get(device.id).config_entries,
-        "the daemon's discovery to join the device",
+        hass, lambda: dr.async_get(hass).async_get(device.id).via_device_id == daemon_device.id,
+        "the agent's device to link to the daemon's",
     )
     assert await hass.config_entries.async_reload(entry.entry_id)
     await hass.async_block_till_done()
-    assert er.async_get(hass).async_get(ENTITY_ID).device_id == device.id
-    assert _devices_without_entities(hass, entry.entry_id) == []
-    assert [d.id for d in dr.async_entries_for_config_entry(devices, entry.entry_id)] == [device.id]
+    assert _agent_device(hass).id == device.id
+    assert _agent_device(hass).via_device_id == daemon_device.id
+
+
+async def test_two_daemons_with_one_node_id_under_two_base_topics_get_two_devices(
+    ha_with_mqtt: HomeAssistant,
+) -> None:
+    hass = ha_with_mqtt
+    first = await setup_entry(hass)
+    second = await setup_entry(hass, base_topic="lab")
+    devices = {_agent_device(hass, entity.entity_id).id
+               for entity in er.async_get(hass).entities.values() if entity.platform == rkllm_const.DOMAIN}
+    assert len(devices) == 2
+    for entry in (first, second):
+        assert len(dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)) == 1
+
+
+async def test_an_entry_of_release_0_1_moves_to_its_own_device(ha_with_mqtt: HomeAssistant) -> None:
+    """Release 0.1.0 put the agent on the daemon's MQTT device (the entry was then version 1.1)."""
+    from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+    hass = ha_with_mqtt
+    entry = MockConfigEntry(
+        domain=rkllm_const.DOMAIN, title=f"RKLLM {NODE_ID}", unique_id=f"{BASE_TOPIC}/{NODE_ID}",
+        data={rkllm_const.CONF_BASE_TOPIC: BASE_TOPIC, rkllm_const.CONF_NODE_ID: NODE_ID},
+        version=1, minor_version=1,
+    )
+    entry.add_to_hass(hass)
+    old_device = dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, identifiers={MQTT_DEVICE}, manufacturer="rkllm-mqtt",
+        name=f"RKLLM {NODE_ID}",
+    )
+    er.async_get(hass).async_get_or_create(
+        "conversation", rkllm_const.DOMAIN, entry.entry_id, config_entry=entry, device_id=old_device.id,
+        suggested_object_id=f"rkllm_{NODE_ID}",
+    )
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+    assert (entry.version, entry.minor_version) == (1, 2)
+    entities = er.async_get(hass)
+    assert entities.async_get_entity_id("conversation", rkllm_const.DOMAIN, entry.entry_id) == ENTITY_ID
+    _assert_agent_device(hass, entry.entry_id, _agent_device(hass))
+    assert dr.async_get(hass).async_get(old_device.id) is None  # it was this entry's alone
 
 
 async def test_a_conversation_the_daemon_evicted_keeps_its_context(
@@ -467,16 +520,27 @@ async def test_the_config_entry_id_is_an_agent_id(
 
 
 def test_the_history_window_moves_half_a_window_at_a_time() -> None:
-    from custom_components.rkllm_mqtt.entity import trim_history
+    from custom_components.rkllm_mqtt.history import Budget, window_start
 
     def chat(earlier: int) -> list[dict[str, str]]:
         turns = [m for i in range(earlier) for m in ({"role": "user", "content": f"u{i}"},
                                                      {"role": "assistant", "content": f"a{i}"})]
         return [*turns, {"role": "user", "content": f"u{earlier}"}]
 
-    starts = [trim_history(chat(earlier), 10)[0]["content"] for earlier in range(9, 18)]
+    roomy = Budget(chars=10**6, payload_bytes=10**6)
+
+    def first(messages: list[dict[str, str]], **kwargs: object) -> str:
+        return messages[window_start(messages, budget=kwargs.pop("budget", roomy), **kwargs)]["content"]
+
+    starts = [first(chat(earlier), max_history=10) for earlier in range(9, 18)]
     # the start stays put for five turns at a time, so the daemon keeps its cache between moves
     assert starts == ["u0", "u0", "u5", "u5", "u5", "u5", "u5", "u10", "u10"]
-    assert len(trim_history(chat(17), 10)) == 2 * 7 + 1  # never more than the option allows
-    assert trim_history(chat(3), 1)[0]["content"] == "u2"
-    assert trim_history(chat(3), 0) == chat(3)
+    assert len(chat(17)) - window_start(chat(17), budget=roomy, max_history=10) == 2 * 7 + 1
+    assert first(chat(3), max_history=1) == "u2"
+    assert window_start(chat(3), budget=roomy) == 0
+
+    # Measured in characters: each message here is 2 characters, so 12 characters hold 6 messages;
+    # when the window is full its start jumps to keep half of it, then stays while it fits.
+    small = Budget(chars=12, payload_bytes=10**6)
+    starts = [first(chat(earlier), budget=small) for earlier in range(1, 9)]
+    assert starts == ["u0", "u0", "u2", "u2", "u4", "u4", "u6", "u6"]

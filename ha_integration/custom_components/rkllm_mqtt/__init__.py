@@ -29,6 +29,7 @@ from .const import (
     exception_args,
     reply_topic,
 )
+from .entity import async_detach_from_mqtt_devices
 
 RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
 
@@ -54,7 +55,8 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
         options = entry.options
         result = await entry.runtime_data.async_generate(
             prompt=call.data[ATTR_PROMPT],
-            system=call.data.get(ATTR_SYSTEM),
+            # Empty means the daemon's configured system prompt, as the action's description says.
+            system=call.data.get(ATTR_SYSTEM) or None,
             max_new_tokens=call.data.get(CONF_MAX_NEW_TOKENS, options.get(CONF_MAX_NEW_TOKENS)),
             temperature=call.data.get(CONF_TEMPERATURE, options.get(CONF_TEMPERATURE)),
             # Automations wait behind voice requests on the daemon, never in front of them.
@@ -76,9 +78,12 @@ def _entry_for_call(hass: HomeAssistant, entry_id: str | None) -> RkllmConfigEnt
         loaded = hass.config_entries.async_loaded_entries(DOMAIN)
         if len(loaded) == 1:
             return loaded[0]
-        if not loaded:
-            raise _invalid("no_daemon")
-        raise _invalid("several_daemons")
+        if loaded:
+            raise _invalid("several_daemons")
+        # Set up but not loaded (setup retry, disabled, failed) is not the same as none at all.
+        if configured := [e.title for e in hass.config_entries.async_entries(DOMAIN, include_ignore=False)]:
+            raise _invalid("none_loaded", titles=", ".join(configured))
+        raise _invalid("no_daemon")
     entry = hass.config_entries.async_get_entry(entry_id)
     if entry is None or entry.domain != DOMAIN:
         raise _invalid("not_a_daemon", entry_id=entry_id)
@@ -95,7 +100,8 @@ def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
 async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
     """Follow one daemon: its status and this entry's reply topic, then the conversation agent."""
     if not await mqtt.async_wait_for_mqtt_client(hass):
-        raise ConfigEntryNotReady("MQTT is not connected")
+        args, kwargs = exception_args("mqtt_not_connected")
+        raise ConfigEntryNotReady(*args, **kwargs)
     base_topic = entry.data[CONF_BASE_TOPIC]
     client = RkllmClient(
         hass,
@@ -108,6 +114,16 @@ async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> boo
     entry.runtime_data = client
     # Options are read at every request, so changing them needs no reload.
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    return True
+
+
+async def async_migrate_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
+    """1.1 → 1.2: the agent leaves the daemon's MQTT device for a device of its own."""
+    if entry.version > 1:
+        return False  # made by a newer release
+    if entry.minor_version < 2:
+        async_detach_from_mqtt_devices(hass, entry)
+        hass.config_entries.async_update_entry(entry, minor_version=2)
     return True
 
 

@@ -3,7 +3,8 @@
 One reply topic per config entry is subscribed at setup (HA sends SUBSCRIBEs after a debounce, so a
 per-request subscription would lose the first replies); replies are routed to the waiting request
 by their `id`. The daemon's retained `~/status` drives availability, and a daemon that goes offline
-fails its pending requests at once instead of letting them run into the timeout.
+fails its pending requests at once instead of letting them run into the timeout. Its retained
+`~/state` announces the `limits` a request must stay within.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from homeassistant.components import mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 
-from .const import LOGGER, STATUS_ONLINE, exception_args, status_topic
+from .const import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_PROMPT_CHARS,
+    LOGGER,
+    STATUS_ONLINE,
+    exception_args,
+    state_topic,
+    status_topic,
+)
 
 # Put into a pending request's queue when the daemon goes offline, or when the entry unloads.
 _OFFLINE: dict[str, Any] = {"type": "_offline"}
@@ -59,6 +68,26 @@ class DaemonReplyError(RkllmError):
         else:
             super().__init__("reply_error", node_id=node_id, code=code, message=message)
         self.code = code
+        self.detail = message
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The most a request may hold before the daemon refuses it (its `limits` configuration)."""
+
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS  # prompt + messages' contents + system
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # the whole JSON request
+
+
+# Error codes of a request the daemon refused for its size (the runtime's own refusal included).
+SIZE_ERRORS = frozenset({"payload_too_large", "context_too_long"})
+
+
+def refused_for_size(err: Exception) -> bool:
+    """True when the daemon refused a request because it was too long (nothing was generated)."""
+    if not isinstance(err, DaemonReplyError):
+        return False
+    return err.code in SIZE_ERRORS or (err.code == "invalid_request" and "limits.max_" in err.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +115,10 @@ class RkllmClient:
         self.prefix = f"{base_topic}/{node_id}"
         self.reply_topic = reply_topic
         self.online = False
+        self.limits = Limits()
+        self._seen_online = False
         self._status_topic = status_topic(base_topic, node_id)
+        self._state_topic = state_topic(base_topic, node_id)
         self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._listeners: list[Callable[[], None]] = []
         self._unsubscribe: list[CALLBACK_TYPE] = []
@@ -95,6 +127,7 @@ class RkllmClient:
         """Subscribe to the daemon's status and to this entry's reply topic."""
         self._unsubscribe = [
             await mqtt.async_subscribe(self.hass, self._status_topic, self._on_status, qos=1),
+            await mqtt.async_subscribe(self.hass, self._state_topic, self._on_state, qos=1),
             await mqtt.async_subscribe(self.hass, self.reply_topic, self._on_reply, qos=1),
             # After a reconnect HA re-subscribes and the retained status arrives again.
             mqtt.async_subscribe_connection_status(self.hass, self._on_connection),
@@ -127,6 +160,22 @@ class RkllmClient:
         self._set_online(msg.payload == STATUS_ONLINE)
 
     @callback
+    def _on_state(self, msg: mqtt.ReceiveMessage) -> None:
+        """Keep the announced limits; a daemon that announces none keeps the defaults."""
+        try:
+            state = json.loads(msg.payload)
+        except ValueError:
+            return
+        limits = state.get("limits") if isinstance(state, dict) else None
+        if not isinstance(limits, dict):
+            return
+        values = {
+            key: value for key in ("max_prompt_chars", "max_payload_bytes")
+            if isinstance(value := limits.get(key), int) and not isinstance(value, bool) and value > 0
+        }
+        self.limits = Limits(**values)
+
+    @callback
     def _on_connection(self, connected: bool) -> None:
         if not connected:
             self._set_online(False)
@@ -136,7 +185,14 @@ class RkllmClient:
         if online == self.online:
             return
         self.online = online
-        LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
+        # One info line when the daemon is lost and one when it is back (not at the first status).
+        if online and self._seen_online:
+            LOGGER.info("The RKLLM daemon %s is back online", self.prefix)
+        elif not online and self._seen_online:
+            LOGGER.info("The RKLLM daemon %s is unavailable (offline, or MQTT disconnected)", self.prefix)
+        else:
+            LOGGER.debug("Daemon %s is %s", self.prefix, "online" if online else "offline")
+        self._seen_online = True
         if not online:
             self._fail_pending(_OFFLINE)
         for update in list(self._listeners):
@@ -213,16 +269,20 @@ class RkllmClient:
 class Generation:
     """One request; iterate it for the answer's text pieces, then read `result`.
 
-    The pieces add up to the final text: token messages as they arrive, then whatever the final
-    reply holds beyond them (all of it when the daemon sent no tokens). Errors are raised from the
-    iteration as RkllmError subclasses; a caller that stops early or is cancelled aborts the request.
+    The pieces are the token messages as they arrive, then whatever the final reply holds beyond
+    them (all of it when the daemon sent no tokens). A lost token message makes `streamed` differ
+    from `result.text`; the final text is the answer, so a caller that showed the pieces corrects
+    what it showed. Errors are raised from the iteration as RkllmError subclasses; a caller that
+    stops early or is cancelled aborts the request.
     """
 
     def __init__(self, client: RkllmClient, request: dict[str, Any], timeout: float) -> None:
         self.id: str = request["id"]
         self.result: GenerationResult | None = None
+        self.streamed = ""
+        # What is published, so its size can be checked against the daemon's max_payload_bytes.
+        self.payload = json.dumps(request, ensure_ascii=False).encode()
         self._client = client
-        self._request = request
         self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[str]:
@@ -234,11 +294,9 @@ class Generation:
         finished = False
         try:
             await mqtt.async_publish(
-                client.hass, f"{client.prefix}/prompt", json.dumps(self._request, ensure_ascii=False),
-                qos=1, retain=False,
+                client.hass, f"{client.prefix}/prompt", self.payload, qos=1, retain=False
             )
             deadline = asyncio.get_running_loop().time() + self._timeout
-            streamed = ""
             last_seq = -1
             while True:
                 try:
@@ -263,15 +321,17 @@ class Generation:
                             continue  # a QoS 1 redelivery
                         last_seq = seq
                     if isinstance(text, str) and text:
-                        streamed += text
+                        self.streamed += text
                         yield text
                     continue
                 if reply.get("type") != "final":
                     continue
                 finished = True
                 self.result = _final_result(reply, client.node_id)
-                if self.result.text.startswith(streamed) and len(self.result.text) > len(streamed):
-                    yield self.result.text[len(streamed):]
+                if self.result.text.startswith(self.streamed) and len(self.result.text) > len(self.streamed):
+                    rest = self.result.text[len(self.streamed):]
+                    self.streamed += rest
+                    yield rest
                 return
         finally:
             client._pending.pop(self.id, None)

@@ -104,6 +104,7 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
     """One config entry per daemon; its unique id is the daemon's `<base_topic>/<node_id>`."""
 
     VERSION = 1
+    MINOR_VERSION = 2  # 1.2: the agent has a device of its own (async_migrate_entry)
 
     def __init__(self) -> None:
         self._base_topic = DEFAULT_BASE_TOPIC
@@ -135,7 +136,8 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for the base topic, then list the daemons whose status the broker retains there."""
-        if not await mqtt.async_wait_for_mqtt_client(self.hass):
+        # Loaded is not connected: with the broker down, the scan would find nothing and blame the daemon.
+        if not await mqtt.async_wait_for_mqtt_client(self.hass) or not mqtt.is_connected(self.hass):
             return self.async_abort(reason="mqtt_not_connected")
         errors: dict[str, str] = {}
         if user_input is not None:

@@ -32,6 +32,7 @@ ATTR_SYSTEM = "system"
 # texts are strings.json's `exceptions`, under which the frontend finds their translations.
 EXCEPTION_MESSAGES = {
     "no_daemon": "No RKLLM daemon is set up.",
+    "none_loaded": "No RKLLM daemon is loaded (set up but not running: {titles}).",
     "several_daemons": "Several RKLLM daemons are set up: choose one with config_entry.",
     "not_a_daemon": "{entry_id} is not an RKLLM daemon's config entry.",
     "not_loaded": "The RKLLM daemon {title} is not loaded.",
@@ -43,10 +44,13 @@ EXCEPTION_MESSAGES = {
     "deadline": "The RKLLM daemon {node_id} ran out of time before it finished the answer.",
     "queue_full": "The RKLLM daemon {node_id} is busy with other requests; try again in a moment.",
     "context_too_long": "The conversation is too long for the model; start a new one.",
+    "message_too_long": "The message is too long for the RKLLM daemon {node_id}: with the instructions it "
+    "may hold at most {max_prompt_chars} characters.",
     "reply_error": "The RKLLM daemon {node_id} could not answer ({code}): {message}",
     "template_error": "Sorry, I had a problem with my instructions template.",
     "llm_api": "Sorry, I could not prepare the Home Assistant control ({api}) for this conversation.",
     "tool_rounds": "Sorry, the model kept calling tools without answering ({rounds} rounds).",
+    "mqtt_not_connected": "MQTT is not available; the RKLLM daemon needs Home Assistant's MQTT integration.",
 }
 
 
@@ -58,8 +62,18 @@ def exception_args(key: str, **placeholders: str) -> tuple[tuple[str], dict[str,
 
 
 STATUS_ONLINE = "online"
-# The manufacturer the daemon's MQTT discovery gives its device (rkllm_mqtt.discovery.MANUFACTURER).
+# The daemon's defaults for `limits` (its `[limits]` section), for a daemon that does not announce
+# them in `~/state` (releases before the announcement).
+DEFAULT_MAX_PROMPT_CHARS = 16000
+DEFAULT_MAX_PAYLOAD_BYTES = 65536
+# The manufacturer the daemon's MQTT discovery gives its device (rkllm_mqtt.discovery.MANUFACTURER),
+# and the identifier of that device, in the `mqtt` domain, that the agent's device links to.
 DEVICE_MANUFACTURER = "rkllm-mqtt"
+MQTT_DOMAIN = "mqtt"
+
+
+def mqtt_device_identifier(node_id: str) -> tuple[str, str]:
+    return (MQTT_DOMAIN, f"rkllm_{node_id}")
 
 # The manual config-flow step listens this long for retained `<base>/+/status` messages: HA sends
 # SUBSCRIBEs after a debounce of up to 0.5 s, and the broker answers with every retained status at
@@ -71,6 +85,11 @@ SCAN_SETTLE = 0.5
 def status_topic(base_topic: str, node_id: str) -> str:
     """The daemon's retained `online`/`offline` topic."""
     return f"{base_topic}/{node_id}/status"
+
+
+def state_topic(base_topic: str, node_id: str) -> str:
+    """The daemon's retained JSON state, which also announces its request `limits`."""
+    return f"{base_topic}/{node_id}/state"
 
 
 def reply_topic(base_topic: str, entry_id: str) -> str:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from homeassistant.components import conversation
 from homeassistant.const import MATCH_ALL
 from homeassistant.exceptions import HomeAssistantError, TemplateError
 from homeassistant.helpers import intent, llm, template
 
-from .const import CONF_PROMPT, LOGGER, exception_args
-from .entity import RkllmBaseEntity, daemon_device_info
-from .llm_api import async_get_llm_api, llm_api_ids
+from .client import Generation, RkllmClient, RkllmError, refused_for_size
+from .const import (
+    CONF_MAX_HISTORY,
+    CONF_MAX_NEW_TOKENS,
+    CONF_PROMPT,
+    CONF_TEMPERATURE,
+    CONF_TIMEOUT,
+    DEFAULT_MAX_HISTORY,
+    DEFAULT_TIMEOUT,
+    LOGGER,
+    exception_args,
+)
+from .entity import RkllmBaseEntity
+from .history import Budget, HistoryTooLong, chat_log_messages, conversation_key, shorter_start, window_start
+from .llm_api import async_get_llm_api, format_tools, llm_api_ids
+from .tool_loop import async_add_answer, async_tool_rounds
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -19,11 +33,15 @@ if TYPE_CHECKING:
 
     from . import RkllmConfigEntry
 
+# Conversations whose window an earlier refusal moved (conversation id → first message sent); HA
+# forgets a chat after a few idle minutes, so a small bound keeps every active one.
+MAX_MOVED_WINDOWS = 64
+
 
 async def async_setup_entry(
     hass: HomeAssistant, entry: RkllmConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
 ) -> None:
-    async_add_entities([RkllmConversationEntity(entry, daemon_device_info(entry))])
+    async_add_entities([RkllmConversationEntity(hass, entry)])
 
 
 class RkllmConversationEntity(
@@ -33,6 +51,10 @@ class RkllmConversationEntity(
 
     # Read by Home Assistant releases after 2025.4 to start speaking before the answer is complete.
     _attr_supports_streaming = True
+
+    def __init__(self, hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
+        super().__init__(hass, entry)
+        self._moved_windows: dict[str, int] = {}
 
     async def async_added_to_hass(self) -> None:
         """Also answer to the config entry id as an agent id, as core's LLM integrations do."""
@@ -100,3 +122,105 @@ class RkllmConversationEntity(
         chat_log.extra_system_prompt = user_input.extra_system_prompt or chat_log.extra_system_prompt
         api_prompt = chat_log.llm_api.api_prompt if chat_log.llm_api else None
         return "\n".join(part for part in (prompt.strip(), api_prompt, chat_log.extra_system_prompt) if part)
+
+    async def _async_handle_chat_log(self, chat_log: conversation.ChatLog, system: str | None) -> None:
+        """Answer the chat log's newest user turn; the answer lands in the chat log.
+
+        Each request of the turn streams into the chat log where this Home Assistant can take a
+        delta stream; elsewhere the daemon sends no tokens and the final text is added at once.
+        Either way the final reply's text is the answer the chat log keeps. With an LLM API on the
+        chat log, its tools go with every request, and the tools the model calls run in rounds
+        (tool_loop). Failures are raised as RkllmError (a HomeAssistantError) with a sentence for
+        the user.
+        """
+        options = self.entry.options
+        client = self.entry.runtime_data
+        # The whole chat (cut to fit) under HA's conversation id: the daemon sends the model only what
+        # its stored history lacks, continuing its KV cache, and replays this chat when it has
+        # forgotten the conversation (restart, eviction) or holds another one.
+        fields: dict[str, Any] = {
+            "system": system or None,
+            "tools": format_tools(chat_log.llm_api) if chat_log.llm_api else None,
+            "conversation": conversation_key(chat_log.conversation_id),
+            "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
+            "temperature": options.get(CONF_TEMPERATURE),
+            "priority": "interactive",
+            "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
+        }
+
+        async def one_request() -> None:
+            answered: list[Generation] = []
+            texts = self._async_answer(
+                client, chat_log_messages(chat_log), fields, chat_log.conversation_id, answered
+            )
+            await async_add_answer(self.entity_id, chat_log, texts, lambda: answered[-1].result, _deltas)
+
+        await async_tool_rounds(chat_log, one_request)
+
+    async def _async_answer(
+        self, client: RkllmClient, messages: list[dict[str, Any]], fields: dict[str, Any],
+        conversation_id: str, answered: list[Generation],
+    ) -> AsyncIterator[str]:
+        """The answer's text pieces, from a window of the chat that fits the daemon's limits.
+
+        A request the daemon refuses for its size anyway (its limits changed, or its runtime found
+        the context too long) is sent once more with a window of a quarter of the limits, which
+        later turns of the conversation keep. The generation that answered ends up in `answered`.
+        """
+        stream = hasattr(conversation.ChatLog, "async_add_delta_content_stream")
+        max_history = int(self.entry.options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))
+        floor = self._moved_windows.get(conversation_id, 0)
+        for retry in (False, True):
+            budget = self._budget(client, fields)
+            try:
+                start = window_start(messages, budget=budget, max_history=max_history, floor=floor)
+            except HistoryTooLong:
+                raise RkllmError(
+                    "message_too_long", node_id=client.node_id,
+                    max_prompt_chars=str(client.limits.max_prompt_chars),
+                ) from None
+            generation = client.generate(stream=stream, messages=messages[start:], **fields)
+            try:
+                async for text in generation:
+                    yield text
+            except RkllmError as err:
+                if retry or generation.streamed or not refused_for_size(err):
+                    raise
+                LOGGER.info("The RKLLM daemon %s refused %d messages for their size (%s); sending fewer",
+                            client.prefix, len(messages) - start, err)
+                floor = shorter_start(messages, start, budget)
+                self._moved_windows[conversation_id] = floor
+                while len(self._moved_windows) > MAX_MOVED_WINDOWS:
+                    del self._moved_windows[next(iter(self._moved_windows))]
+                continue
+            answered.append(generation)
+            return
+
+    @staticmethod
+    def _budget(client: RkllmClient, fields: dict[str, Any]) -> Budget:
+        """The daemon's limits less what the rest of the request takes."""
+        overhead = len(client.generate(messages=[], **fields).payload)
+        return Budget(
+            chars=client.limits.max_prompt_chars - len(fields["system"] or ""),
+            payload_bytes=client.limits.max_payload_bytes - overhead,
+        )
+
+
+async def _deltas(texts: AsyncIterator[str]) -> AsyncIterator[conversation.AssistantContentDeltaDict]:
+    """Text pieces as chat-log deltas: the role opens the one assistant message, then the text.
+
+    Assist speaks the deltas as they come (newer Home Assistant starts text-to-speech after the
+    first few dozen characters, and then speaks nothing but the deltas), so an answer that breaks
+    off after some text ends with the error sentence among them; the error is raised as well, for
+    the turn's response (the chat log keeps nothing of a failed answer).
+    """
+    yield {"role": "assistant"}
+    streamed = False
+    try:
+        async for text in texts:
+            streamed = True
+            yield {"content": text}
+    except RkllmError as err:
+        if streamed:
+            yield {"content": f" … {err}"}
+        raise

@@ -1,94 +1,77 @@
-"""Base entity for the RKLLM over MQTT integration: availability, device, and the daemon call."""
+"""Base entity for the RKLLM over MQTT integration: availability and the agent's device.
+
+The agent has a device of its own (a service, like the agents of core's LLM integrations), linked
+to the device of the daemon's MQTT discovery so the device page connects the two. Since Home
+Assistant 2025.x moved to one config entry per device, the agent no longer joins the MQTT device:
+that device belongs to the `mqtt` entry. The link is made the way each release expects: the
+`via_device` identifier until the device info takes `via_device_id`, by device id after that; and
+by device id whenever the daemon's discovery arrives after the agent.
+(Home Assistant developer docs: https://developers.home-assistant.io/docs/device_registry_index)
+"""
 
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from homeassistant.components import conversation
+from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.entity import Entity
 
-from .const import (
-    CONF_MAX_HISTORY,
-    CONF_MAX_NEW_TOKENS,
-    CONF_NODE_ID,
-    CONF_TEMPERATURE,
-    CONF_TIMEOUT,
-    DEFAULT_MAX_HISTORY,
-    DEFAULT_TIMEOUT,
-    DEVICE_MANUFACTURER,
-)
-from .llm_api import format_tools, tool_calls_message, tool_result_message
-from .tool_loop import async_answer
+from .const import CONF_NODE_ID, DEVICE_MANUFACTURER, DOMAIN, MQTT_DOMAIN, mqtt_device_identifier
 
 if TYPE_CHECKING:
     from . import RkllmConfigEntry
 
-MAX_CONVERSATION_KEY = 128  # the contract's limit for `conversation` (and `id`)
+# Home Assistant 2026.x: device info links by device id, identifiers are unique per config entry.
+LINKS_BY_DEVICE_ID = "via_device_id" in dr.DeviceInfo.__annotations__
 
 
-def daemon_device_info(entry: RkllmConfigEntry) -> dr.DeviceInfo:
-    """The device of the daemon's own MQTT discovery, whether it exists yet or not.
+def find_daemon_device(hass: HomeAssistant, node_id: str) -> dr.DeviceEntry | None:
+    """The device the daemon's MQTT discovery made, if Home Assistant has it."""
+    registry = dr.async_get(hass)
+    identifier = mqtt_device_identifier(node_id)
+    if hasattr(registry, "async_get_device_by_identifier"):
+        for mqtt_entry in hass.config_entries.async_entries(MQTT_DOMAIN):
+            if device := registry.async_get_device_by_identifier(identifier, mqtt_entry.entry_id):
+                return device
+        return None
+    return registry.async_get_device(identifiers={identifier})
 
-    One device then shows the daemon's sensors and its conversation agent together, whichever of
-    the two Home Assistant sees first. The identifier is the one `rkllm_mqtt.discovery` announces.
-    When the entity comes first, Home Assistant makes the device and names it after the entry
-    ("RKLLM <node>", the daemon's default name too); when discovery comes first or later, it names
-    the device and sets its model. The manufacturer is the daemon's own, so nothing flips.
-    """
-    return dr.DeviceInfo(
-        identifiers={("mqtt", f"rkllm_{entry.data[CONF_NODE_ID]}")}, manufacturer=DEVICE_MANUFACTURER
+
+def agent_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
+    """The agent's own device: one per config entry, so two daemons never share one."""
+    info = dr.DeviceInfo(
+        identifiers={(DOMAIN, entry.entry_id)},
+        name=entry.title,
+        manufacturer=DEVICE_MANUFACTURER,
+        model="Conversation agent",
+        entry_type=dr.DeviceEntryType.SERVICE,
     )
+    node_id = entry.data[CONF_NODE_ID]
+    if not LINKS_BY_DEVICE_ID:
+        info["via_device"] = mqtt_device_identifier(node_id)  # type: ignore[typeddict-unknown-key]
+    elif daemon_device := find_daemon_device(hass, node_id):
+        info["via_device_id"] = daemon_device.id
+    return info
 
 
-def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, Any]]:
-    """The user and assistant turns of the chat log, and its tool rounds, as contract messages.
-
-    The system prompt travels separately (`system`).
-    """
-    messages: list[dict[str, Any]] = []
-    for content in chat_log.content:
-        if isinstance(content, conversation.ToolResultContent):
-            messages.append(tool_result_message(content))
-        elif isinstance(content, conversation.AssistantContent) and content.tool_calls:
-            messages.append(tool_calls_message(content))
-        elif (
-            isinstance(content, conversation.UserContent | conversation.AssistantContent)
-            and content.content is not None
-        ):
-            messages.append({"role": content.role, "content": content.content})
-    return messages
-
-
-def conversation_key(conversation_id: str) -> str:
-    """HA's conversation id as the request's `conversation` (the contract allows 128 characters).
-
-    Ids are ULIDs unless a caller of `conversation.process` picked its own: a longer one keeps its
-    beginning and gets a hash of the whole, so two long ids never share a conversation.
-    """
-    if len(conversation_id) <= MAX_CONVERSATION_KEY:
-        return conversation_id
-    digest = hashlib.sha256(conversation_id.encode()).hexdigest()[:32]
-    return f"{conversation_id[: MAX_CONVERSATION_KEY - 33]}-{digest}"
-
-
-def trim_history(messages: list[dict[str, Any]], max_history: int) -> list[dict[str, Any]]:
-    """The newest user turn with at most `max_history` earlier user turns (and their answers).
-
-    The start of the window moves in steps of half the window rather than one turn at a time: the
-    daemon continues its KV cache only while the chat it is sent begins where its stored history
-    does, so a window that slid every turn would make it re-read the conversation every turn.
-    """
-    if max_history <= 0:
-        return messages
-    user_turns = [i for i, message in enumerate(messages) if message["role"] == "user"]
-    earlier = len(user_turns) - 1
-    if earlier <= max_history:
-        return messages
-    step = max(1, max_history // 2)
-    first = -(-(earlier - max_history) // step) * step  # rounded up to a whole step
-    return messages[user_turns[first]:]
+@callback
+def async_detach_from_mqtt_devices(hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
+    """Undo what releases up to 0.1.0 did: the agent on the daemon's MQTT device, that device
+    listing this entry. The agent's entity keeps its id and moves to its own device at setup."""
+    devices = dr.async_get(hass)
+    entities = er.async_get(hass)
+    for device in dr.async_entries_for_config_entry(devices, entry.entry_id):
+        if not any(domain == MQTT_DOMAIN for domain, _ in device.identifiers):
+            continue
+        for entity in er.async_entries_for_device(entities, device.id, include_disabled_entities=True):
+            if entity.config_entry_id == entry.entry_id:
+                entities.async_update_entity(entity.entity_id, device_id=None)
+        if LINKS_BY_DEVICE_ID:
+            devices.async_remove_device(device.id)  # a device has one config entry: this one
+        else:
+            devices.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
 
 
 class RkllmBaseEntity(Entity):
@@ -98,10 +81,10 @@ class RkllmBaseEntity(Entity):
     _attr_name = None
     _attr_should_poll = False
 
-    def __init__(self, entry: RkllmConfigEntry, device_info: dr.DeviceInfo) -> None:
+    def __init__(self, hass: HomeAssistant, entry: RkllmConfigEntry) -> None:
         self.entry = entry
         self._attr_unique_id = entry.entry_id
-        self._attr_device_info = device_info
+        self._attr_device_info = agent_device_info(hass, entry)
 
     @property
     def available(self) -> bool:
@@ -110,29 +93,22 @@ class RkllmBaseEntity(Entity):
     async def async_added_to_hass(self) -> None:
         await super().async_added_to_hass()
         self.async_on_remove(self.entry.runtime_data.async_add_listener(self.async_write_ha_state))
-
-    async def _async_handle_chat_log(self, chat_log: conversation.ChatLog, system: str | None) -> None:
-        """Answer the chat log's newest user turn; the answer lands in the chat log.
-
-        With an LLM API on the chat log, its tools go with every request and the tools the model
-        calls run in tool rounds (tool_loop). Failures are raised as RkllmError (a
-        HomeAssistantError) with a sentence for the user.
-        """
-        options = self.entry.options
-        max_history = int(options.get(CONF_MAX_HISTORY, DEFAULT_MAX_HISTORY))
-        fields: dict[str, Any] = {
-            "system": system or None,
-            "tools": format_tools(chat_log.llm_api) if chat_log.llm_api else None,
-            "conversation": conversation_key(chat_log.conversation_id),
-            "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
-            "temperature": options.get(CONF_TEMPERATURE),
-            "priority": "interactive",
-            "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
-        }
-        # The whole chat (cut to the History length option) under HA's conversation id: the daemon
-        # sends the model only what its stored history lacks, continuing its KV cache, and replays
-        # this chat when it has forgotten the conversation (restart, eviction) or holds another one.
-        await async_answer(
-            self.entity_id, chat_log, self.entry.runtime_data, fields,
-            lambda: trim_history(chat_log_messages(chat_log), max_history),
+        self.async_on_remove(
+            self.hass.bus.async_listen(dr.EVENT_DEVICE_REGISTRY_UPDATED, self._async_device_changed)
         )
+        self._async_link_daemon_device()
+
+    @callback
+    def _async_device_changed(self, _event: Event[dr.EventDeviceRegistryUpdatedData]) -> None:
+        self._async_link_daemon_device()
+
+    @callback
+    def _async_link_daemon_device(self) -> None:
+        """Point the agent's device at the daemon's, once the daemon's discovery made that one."""
+        if self.registry_entry is None or self.registry_entry.device_id is None:
+            return
+        daemon_device = find_daemon_device(self.hass, self.entry.data[CONF_NODE_ID])
+        devices = dr.async_get(self.hass)
+        own = devices.async_get(self.registry_entry.device_id)
+        if daemon_device is not None and own is not None and own.via_device_id != daemon_device.id:
+            devices.async_update_device(own.id, via_device_id=daemon_device.id)
