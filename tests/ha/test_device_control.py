@@ -37,6 +37,7 @@ from integration_fixtures import (
     NODE_ID,
     Daemon,
     rkllm_const,
+    rkllm_history,
     rkllm_llm_api,
     setup_entry,
     wait_for_state,
@@ -44,6 +45,7 @@ from integration_fixtures import (
 from pytest_homeassistant_custom_component.common import MockPlatform, mock_platform
 
 from rkllm_mqtt.simulator import expected_answer
+from rkllm_mqtt.tool_requests import message_chars, tool_message
 
 try:  # Home Assistant 2026.x: tool schemas are probatio's (voluptuous's successor, same names)
     import probatio as vol
@@ -531,3 +533,49 @@ def test_the_option_reads_what_any_release_stored() -> None:
     assert read({CONF_LLM_HASS_API: "assist"}) == ["assist"]
     assert read({CONF_LLM_HASS_API: ["assist", "desk"]}) == ["assist", "desk"]
     assert read({CONF_LLM_HASS_API: "none"}) == read({CONF_LLM_HASS_API: []}) == []
+
+
+@pytest.mark.skipif(not SEVERAL_APIS, reason="this Home Assistant gives an agent one LLM API")
+async def test_several_apis_offer_all_their_tools(
+    ha_with_mqtt: HomeAssistant, kitchen_light: str, desk_api: DeskAPI, scripted_daemon: ScriptedDaemon
+) -> None:
+    """Where Home Assistant merges APIs, Assist's and another API's tools go together, and a call
+    to either runs."""
+    hass = ha_with_mqtt
+    await setup_entry(hass, **api_option(llm.LLM_API_ASSIST, "desk"))
+    await wait_for_state(hass, ENTITY_ID, lambda s: s != STATE_UNAVAILABLE)
+
+    turn = hass.async_create_task(converse(hass, "Kitchen light and desk lamp on"))
+    first = await scripted_daemon.answer(tool_calls=lambda request: [
+        {"id": "a", "name": offered(request, "HassTurnOn"), "arguments": {"name": "Kitchen light"}},
+        {"id": "b", "name": offered(request, "SetLight"), "arguments": {"name": "desk lamp"}},
+    ])
+    await scripted_daemon.answer("Both are on.")
+    assert speech(await turn) == "Both are on."
+    assert DESK_PROMPT in first["system"]
+    assert hass.states.get(KITCHEN_LIGHT).state == STATE_ON
+    assert desk_api.calls == [{"name": "desk lamp"}]
+
+
+async def test_the_history_window_counts_tool_turns_as_the_daemon_does(
+    ha_with_mqtt: HomeAssistant, desk_api: DeskAPI, scripted_daemon: ScriptedDaemon
+) -> None:
+    """The window is cut to the daemon's `limits.max_prompt_chars`, so HA must count a tool round's
+    messages the way the daemon does."""
+    hass = ha_with_mqtt
+    await setup_entry(hass, **api_option("desk"))
+    await wait_for_state(hass, ENTITY_ID, lambda s: s != STATE_UNAVAILABLE)
+
+    turn = hass.async_create_task(converse(hass, "Desk lamp on, brightly"))
+    await scripted_daemon.answer("Sure — ", tool_calls=lambda request: [
+        {"id": "c1", "name": offered(request, "SetLight"),
+         "arguments": {"name": "desk lamp", "brightness": 100, "note": "hellø"}},
+    ])
+    second = await scripted_daemon.answer("Done.")
+    await turn
+    for i, message in enumerate(second["messages"]):
+        if message["role"] in ("user", "assistant") and "tool_calls" not in message:
+            daemon_chars = len(message["content"])
+        else:
+            daemon_chars = message_chars(tool_message(i, message))
+        assert rkllm_history.message_chars(message) == daemon_chars, message
