@@ -1,1 +1,1 @@
-"""Performance budgets of design.md, measured against the simulator: `python -m benchmarks`."""
+"""The performance budgets (benchmarks/README.md), measured against the simulator: `python -m benchmarks`."""

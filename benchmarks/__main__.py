@@ -1,4 +1,4 @@
-"""`python -m benchmarks` (what `make bench` runs): every budget of design.md, one table.
+"""`python -m benchmarks` (what `make bench` runs): every budget of benchmarks/README.md, one table.
 
 Prints the table and writes it, with the machine it ran on, to benchmarks/results.md. Loopback
 only, a private Mosquitto on a free port, bounded (a hard stop at HARD_LIMIT_S). Exit code 0 when

@@ -1,4 +1,4 @@
-"""The measures of design.md "Budgets"; each returns plain numbers for the report."""
+"""The measures of the performance budgets (benchmarks/README.md); each returns plain numbers."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from benchmarks.harness import mosquitto_version
 
-# Reference points, design.md and reference/peers.md §4.1 (RK3588, w8a8, Rockchip's table).
+# Reference points: Rockchip's published RK3588 w8a8 figures (airockchip/rknn-llm, benchmark.md of
+# release 1.3.0: 128 prompt tokens, 64 new tokens, maximum clocks).
 NPU_TOKEN_MS = 60.0  # 16.7 tok/s, Qwen2.5-1.5B
 NPU_MAX_TPS = 45.0  # the fastest decode in the table, rounded up (Qwen2 0.5B: 41.6)
 NPU_TTFT_MS = 378.3  # Qwen2.5-1.5B, 128 prompt tokens
@@ -143,7 +144,7 @@ class Table:
             "# Benchmark results",
             "",
             "Written by `python -m benchmarks` (`make bench`); what each measure is: "
-            "[README.md](README.md). Budgets: design.md \"Budgets\".",
+            "[README.md](README.md), with the budgets.",
             "",
             f"- date: {m.started.isoformat()} (run took {m.wall_s:.0f} s)",
             f"- machine: {m.cpus} CPUs (`nproc`), {m.cpu_model}, Linux {m.kernel}",

@@ -1,4 +1,8 @@
-"""A private MQTT broker on a free port, for the tests and `rkllm-mqtt demo`.
+"""A private MQTT broker on a free port, for the tests and `rkllm-mqtt demo` only.
+
+Demo-only: the daemon (`rkllm-mqtt run`) never imports this module (a test checks it); on a board
+the daemon connects to the broker the user runs (Mosquitto, Home Assistant's add-on, ...), and the
+embedded fallback (amqtt, the `demo` extra) is never installed there by default.
 
 Mosquitto when it is installed (the broker users run, with password files, TLS and persistence);
 otherwise amqtt, a pure-Python broker (MQTT 3.1.1 only, no TLS or passwords here), so the demo works

@@ -14,12 +14,12 @@ like the system prompt), so other tools mean a rebuild, as another system prompt
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rkllm_mqtt.runtime.contract import Message
-from rkllm_mqtt.tool_requests import message_chars
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,10 @@ class Conversations:
 
 
 def _turn_chars(user: Sequence[Message], answer: Message) -> int:
-    return sum(message_chars(m) for m in (*user, answer))
+    """What a stored turn weighs against conversation.max_chars: its texts and its calls."""
+    return sum(len(m.content) + sum(len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False))
+                                    for c in m.tool_calls)
+               for m in (*user, answer))
 
 
 def _same(sent: Message, stored: Message) -> bool:

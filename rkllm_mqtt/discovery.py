@@ -2,7 +2,8 @@
 
 The entities are a table (`COMPONENTS`); `build_discovery` adds what every component needs
 (`~`, unique id, default entity id) and the device, origin and availability blocks. Facts that
-shaped it, all checked in Home Assistant 2025.4.4 (reference/ha-mqtt.md §1.7):
+shaped it, all checked in Home Assistant 2025.4.4 (its MQTT discovery docs, "Device discovery
+payload", and `homeassistant/components/mqtt/discovery.py`):
 
 - HA refuses a device payload with `~` at its top level, so `~` sits inside each component and the
   root availability topic is written in full.

@@ -59,7 +59,7 @@ from rkllm_mqtt.runtime.contract import (
     ToolCall,
     Usage,
 )
-from rkllm_mqtt.tool_requests import Tools, message_chars, parse_tools, tool_message
+from rkllm_mqtt.tool_requests import Tools, parse_tools, tool_message
 
 MAX_ID_CHARS = 128
 MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
@@ -136,8 +136,7 @@ class Request(BaseModel):
     validation; `id` None in the payload becomes an `auto-…` id there.
     """
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False,
-                              arbitrary_types_allowed=True)
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
     client_id: str | int | None = Field(None, alias="id")
     response_topic: str | None = None
@@ -408,7 +407,10 @@ def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) 
         if why is not None:
             raise RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
         target = ReplyTarget(target.id, request.response_topic, target.correlation_data)
-    size = (len(request.prompt or "") + sum(message_chars(m) for m in request.messages)
+    # The contract's measure (README): prompt + every message's content + system. A client that
+    # cuts its history to fit it must never be refused, so tool-call arguments do not count here
+    # (they are bounded by the payload size, MAX_TOOL_CALLS and the nesting limit).
+    size = (len(request.prompt or "") + sum(len(m.content) for m in request.messages)
             + len(request.system or ""))
     _check_size(size, policy, target)
     return request.addressed(target, client_id_given=given)

@@ -116,7 +116,7 @@ def _call(where: str, call: Any) -> ToolCall:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             arguments = None
     if not isinstance(name, str) or not name or not isinstance(arguments, dict) \
             or not isinstance(call_id, str):
@@ -125,9 +125,3 @@ def _call(where: str, call: Any) -> ToolCall:
     if _depth(arguments) > MAX_TOOL_DEPTH:
         raise ValueError(f"{where}.arguments: nested deeper than {MAX_TOOL_DEPTH} levels")
     return ToolCall(call_id, name, arguments)
-
-
-def message_chars(message: Message) -> int:
-    """What a turn adds to the prompt size (limits.max_prompt_chars)."""
-    return len(message.content) + sum(
-        len(c.name) + len(json.dumps(c.arguments, ensure_ascii=False)) for c in message.tool_calls)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from rkllm_mqtt.simulator import build_simulator, expected_answer, sim_model_file
+from rkllm_mqtt.simulator import expected_answer
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -49,9 +49,10 @@ def test_missing_library_is_a_runtime_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("abi", ["1.1", "1.3"])
-def test_generate_prints_the_answer(tmp_path: Path, abi: str) -> None:
-    cfg = config(tmp_path, f'library = "{build_simulator(abi)}"\nabi = "{abi}"\n'
-                           f'model = "{sim_model_file()}"')
+def test_generate_prints_the_answer(tmp_path: Path, abi: str, sim_libraries: dict[str, Path],
+                                    sim_model: Path) -> None:
+    cfg = config(tmp_path, f'library = "{sim_libraries[abi]}"\nabi = "{abi}"\n'
+                           f'model = "{sim_model}"')
     proc = run_cli("generate", "--config", str(cfg), "Grüße aus der Küche")
     assert proc.returncode == EXIT_OK, proc.stderr
     assert proc.stdout.rstrip("\n") == expected_answer("Grüße aus der Küche")
@@ -65,9 +66,10 @@ def test_help_lists_every_command() -> None:
         assert command in proc.stdout
 
 
-def test_sigterm_ends_generate_like_ctrl_c(tmp_path: Path) -> None:
-    cfg = config(tmp_path, f'library = "{build_simulator("1.2")}"\nabi = "1.2"\n'
-                           f'model = "{sim_model_file()}"')
+def test_sigterm_ends_generate_like_ctrl_c(tmp_path: Path, sim_library: Path,
+                                           sim_model: Path) -> None:
+    cfg = config(tmp_path, f'library = "{sim_library}"\nabi = "1.2"\n'
+                           f'model = "{sim_model}"')
     proc = subprocess.Popen([sys.executable, "-m", "rkllm_mqtt", "generate", "--config", str(cfg),
                              "[sim:hang] forever"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

@@ -1,4 +1,4 @@
-"""rkllm.h of releases 1.1.0 – 1.1.4 (family C), mirrored in header order.
+"""rkllm.h of rknn-llm releases 1.1.0 – 1.1.4, mirrored in header order.
 
 Declarations identical in every family come from `common`; their place in the header is noted.
 This is the base of the family chain: `abi_1_2_0` takes from here what 1.2.0 left unchanged.

@@ -1,4 +1,4 @@
-"""rkllm.h of releases 1.2.1 – 1.2.3 (family E): what changed against 1.2.0, in header order.
+"""rkllm.h of rknn-llm releases 1.2.1 – 1.2.3: what changed against 1.2.0, in header order.
 
 1.2.2 changes only an include line; 1.2.3 renames RKLLMMultiModelInput to RKLLMMultiModalInput
 (same layout; both names are exported).

@@ -1,4 +1,4 @@
-"""rkllm.h of release 1.2.0 (family D): what changed against 1.1, in header order.
+"""rkllm.h of rknn-llm release 1.2.0: what changed against 1.1, in header order.
 
 Builds on `abi_1_1`: every declaration 1.2.0 left unchanged is taken from there (same ctypes
 objects), and its place in the header is noted. A struct that embeds a changed struct is redeclared.

@@ -1,4 +1,4 @@
-"""rkllm.h of release 1.3.0 (family F): what changed against 1.2.1 – 1.2.3, in header order.
+"""rkllm.h of rknn-llm release 1.3.0: what changed against 1.2.1 – 1.2.3, in header order.
 
 The ABI break against 1.2.x: rkllm_init takes an RKLLMCallback*, RKLLMParam loses the img_* tags
 and gains ignore_eos_token, RKLLMInferParam gains per-run sampling and max_new_tokens, and the

@@ -16,9 +16,11 @@ None for a NULL pointer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from ctypes import c_void_p
 from typing import Any, Protocol
 
-from rkllm_mqtt.runtime.common import LLMHandle
+# typedef void* LLMHandle;  (common.LLMHandle; named here again so this stub imports nothing of ours)
+LLMHandle = c_void_p
 
 # What ctypes takes for a `T*` argument: ctypes.byref(x), ctypes.pointer(x), a CFUNCTYPE object for a
 # callback, or None for NULL. ctypes' own stubs spell these as private classes.

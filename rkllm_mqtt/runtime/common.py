@@ -21,7 +21,7 @@ from rkllm_mqtt.errors import RuntimeLoadError
 if TYPE_CHECKING:
     from rkllm_mqtt.runtime.api import BoundFunction, RkllmApi
 
-# True on LP64 (aarch64, x86-64): the only data model whose sizes rkllm-api.md §1.1 records.
+# True on LP64 (aarch64, x86-64): the data model the size table of each family module was compiled for.
 IS_64BIT = ctypes.sizeof(c_void_p) == 8
 
 # typedef void* LLMHandle;
@@ -204,7 +204,7 @@ def check_layout(
     sizes: dict[type[ctypes.Structure] | type[ctypes.Union], int],
     offsets: dict[tuple[type[ctypes.Structure], str], int],
 ) -> None:
-    """Compare our mirror with the sizes/offsets compiled from the real header (rkllm-api.md §1.1).
+    """Compare our mirror with the sizes/offsets g++ gives for the release's own rkllm.h (LP64).
 
     A wrong layout is a segfault or silently wrong sampling on a user's board, so a mismatch stops
     the import. The table is for LP64 only; 32-bit ARM has other sizes and is not checked.

@@ -50,9 +50,11 @@ def render_messages(
 
 
 def _system_text(messages: Iterable[Message], system: str | None) -> str | None:
+    """The request's system text and its system messages, each once: a replayed conversation
+    holds the system message of every turn that brought one."""
     parts = [system] if system else []
     parts += [m.content for m in messages if m.role == "system" and m.content]
-    return "\n\n".join(parts) or None
+    return "\n\n".join(dict.fromkeys(parts)) or None
 
 
 def _turn_text(message: Message) -> str:

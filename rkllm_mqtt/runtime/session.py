@@ -1,6 +1,7 @@
 """One RKLLM handle, owned by one worker thread, serving generations one at a time in FIFO order.
 
-Rules from rkllm-api.md that shape this class:
+Rules from rkllm.h (rknn-llm releases 1.1.0 - 1.3.0) and the library's observed behaviour that shape
+this class:
 - every call that touches the handle (init, run, clear_kv_cache, set_chat_template, destroy) runs
   on the session's own thread, so at most one is ever inside the library; rkllm_abort is the only
   call made from other threads, because it must interrupt a running rkllm_run;

@@ -43,6 +43,7 @@ TOOL_RESPONSE_TAG = "tool_response"
 MAX_BLOCK_CHARS = 8192
 _CLOSERS = {"<tool_call>": "</tool_call>", "<function=": "</function>"}
 _OPENERS = tuple(_CLOSERS)
+_LONGEST_OPENER = max(len(o) for o in _OPENERS)
 _FUNCTION = re.compile(r"<function=([^>\s]+)>(.*?)</function>", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\s]+)>(.*?)</parameter>", re.DOTALL)
 
@@ -61,12 +62,19 @@ class ToolSet:
             name = function.get("name")
             if not isinstance(name, str):
                 continue
-            properties = (function.get("parameters") or {}).get("properties") or {}
+            parameters = function.get("parameters")
+            properties = parameters.get("properties") if isinstance(parameters, dict) else None
             functions[name] = {
-                key: schema.get("type", "string") if isinstance(schema, dict) else "string"
-                for key, schema in properties.items()
+                str(key): _schema_type(schema)
+                for key, schema in (properties.items() if isinstance(properties, dict) else ())
             }
         return cls(functions)
+
+
+def _schema_type(schema: Any) -> str:
+    """A parameter's JSON-schema type; anything unusual reads as a string (kept as written)."""
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    return kind if isinstance(kind, str) else "string"
 
 
 def new_call_id() -> str:
@@ -114,7 +122,8 @@ class ToolCallFilter:
         if self._after_call and not self._parts and not out:
             self._buffer = self._buffer.lstrip()  # an answer that starts with a call
         if self._block is None:
-            found = [(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
+            found = ([(i, o) for o in _OPENERS if (i := self._buffer.find(o)) >= 0]
+                     if "<" in self._buffer else [])
             if not found:
                 keep = _held_suffix(self._buffer)
                 ready = self._buffer[: len(self._buffer) - keep]
@@ -165,7 +174,7 @@ class ToolCallFilter:
             return self._parse_functions(inner)
         try:
             obj = json.loads(inner)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             return None
         if not isinstance(obj, dict):
             return None
@@ -173,7 +182,7 @@ class ToolCallFilter:
         if isinstance(arguments, str):  # some models write the arguments as a JSON string
             try:
                 arguments = json.loads(arguments)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting too deep
                 return None
         call = self._call(obj.get("name"), arguments)
         return None if call is None else [call]
@@ -208,11 +217,15 @@ class ToolCallFilter:
 
 
 def _held_suffix(buffer: str) -> int:
-    """Length of the longest end of `buffer` that is the start of an opening tag."""
-    for size in range(min(max(len(o) for o in _OPENERS) - 1, len(buffer)), 0, -1):
-        if any(o.startswith(buffer[-size:]) for o in _OPENERS):
-            return size
-    return 0
+    """Length of the longest end of `buffer` that is the start of an opening tag.
+
+    Every opener has its only "<" first, so such an end starts at the last "<" (one search per
+    token instead of one comparison per length: this runs on every token)."""
+    at = buffer.rfind("<", max(0, len(buffer) - _LONGEST_OPENER + 1))
+    if at < 0:
+        return 0
+    tail = buffer[at:]
+    return len(tail) if any(o.startswith(tail) for o in _OPENERS) else 0
 
 
 def _typed(value: str, schema_type: str) -> Any:
@@ -221,7 +234,7 @@ def _typed(value: str, schema_type: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep
         return value
 
 
@@ -264,6 +277,6 @@ def merge_tool_results(messages: Iterable[Message]) -> str:
     for m in messages:
         try:
             results.append(json.loads(m.content))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             results.append(m.content)
     return json.dumps(results, ensure_ascii=False)

@@ -4,7 +4,7 @@
  * Why: the daemon's ctypes binding must match the real library byte for byte, and the real library
  * needs an RK3588/RK3576 NPU. This file exports exactly the functions of the real library of one
  * family, with struct definitions that mirror each release's rkllm.h field by field (written from
- * shared/reference/rkllm-api.md §1, not from the Python binding), so a binding that works here
+ * the headers of the rknn-llm releases, not from the Python binding), so a binding that works here
  * reads and writes the same offsets on a board. It also reports back everything it received.
  *
  * Build (rkllm_mqtt/simulator/build.py does this):
@@ -424,7 +424,7 @@ typedef struct {
 } RKLLMCallback;
 #endif
 
-/* Layout check against rkllm-api.md §1.1 (g++ on the real headers, LP64). */
+/* Layout check: sizes from compiling each release's rkllm.h with g++ (LP64: aarch64, x86-64). */
 #if defined(__LP64__) && (defined(__x86_64__) || defined(__aarch64__))
 #define SIM_ASSERT_SIZE(T, n) _Static_assert(sizeof(T) == (n), "sizeof(" #T ") != " #n)
 #define SIM_ASSERT_OFF(T, f, n) \
@@ -1006,6 +1006,15 @@ static const char *sim_last(const char *s, const char *needle) {
     return last;
 }
 
+#if !SIM_HAS_1_2_1
+/* The last complete "<tools>...</tools>" block of s (a malloc'd copy), or NULL. */
+static char *sim_tools_block(const char *s) {
+    const char *start = s ? sim_last(s, "<tools>") : NULL;
+    const char *end = start ? strstr(start, "</tools>") : NULL;
+    return end ? strndup(start, (size_t)(end - start)) : NULL;
+}
+#endif
+
 /* The tools the model sees (a malloc'd copy), or NULL. */
 static char *sim_tools_text(SimHandle *h, const char *prompt) {
     char *text = NULL;
@@ -1015,17 +1024,11 @@ static char *sim_tools_text(SimHandle *h, const char *prompt) {
     if (h->has_tools && h->tools_json && strcmp(h->tools_json, "[]") != 0)
         text = strdup(h->tools_json);
 #else
-    const char *where = strstr(prompt, "<tools>") ? prompt : NULL;
+    text = sim_tools_block(prompt);
 #if SIM_HAS_1_2_0
-    if (!where && h->has_template && h->tpl_system && strstr(h->tpl_system, "<tools>"))
-        where = h->tpl_system;
-    for (size_t i = h->history_len; !where && i > 0; i--)
-        if (strstr(h->history[i - 1], "<tools>")) where = h->history[i - 1];
+    if (!text && h->has_template) text = sim_tools_block(h->tpl_system);
+    for (size_t i = h->history_len; !text && i > 0; i--) text = sim_tools_block(h->history[i - 1]);
 #endif
-    if (where) {
-        const char *start = sim_last(where, "<tools>"), *end = strstr(start, "</tools>");
-        text = end ? strndup(start, (size_t)(end - start)) : NULL;
-    }
 #endif
     pthread_mutex_unlock(&h->mu);
     return text;

@@ -249,20 +249,6 @@ def probe_factory() -> Iterator[Callable[..., Probe]]:
 # ----------------------------------------------------------------------------- the daemon
 
 
-@pytest.fixture(scope="session")
-def sim_library() -> Path:
-    from rkllm_mqtt.simulator import build_simulator
-
-    return build_simulator("1.2")
-
-
-@pytest.fixture(scope="session")
-def sim_model() -> Path:
-    from rkllm_mqtt.simulator import sim_model_file
-
-    return sim_model_file()
-
-
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = {k: dict(v) for k, v in base.items()}
     for section, values in extra.items():

@@ -30,3 +30,12 @@ def test_amqtt_fallback_serves_mqtt_311(probe_factory):
         with pytest.raises(BrokerError, match="Mosquitto"):
             start_broker(prefer="amqtt", users={"u": "p"})
     assert not b.running and not b.workdir.exists()
+
+
+def test_the_daemon_never_imports_the_demo_broker():
+    import subprocess
+    import sys
+
+    code = ("import sys, rkllm_mqtt.cli, rkllm_mqtt.commands.run; "
+            "sys.exit(int('rkllm_mqtt.broker' in sys.modules or 'amqtt' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

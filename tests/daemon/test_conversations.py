@@ -138,3 +138,25 @@ def test_an_answer_cut_by_a_stop_sequence_rebuilds_the_cache_next_time():
     p = c.plan("a", user("q2"), None)
     assert p.clear_kv and not p.continues_kv
     assert p.messages == (*user("q1"), Message("assistant", "cut"), *user("q2"))
+
+
+def test_a_tool_round_continues_the_cache_whatever_ids_the_client_gave_the_calls():
+    from rkllm_mqtt.runtime.contract import ToolCall
+
+    c, tools = store(), '[{"type": "function", "function": {"name": "F"}}]'
+    c.plan("a", user("switch it on"), None, tools)
+    calls = (ToolCall("call_1", "F", {"x": 1}),)
+    c.finished("a", user("switch it on"), None, Message("assistant", "", tool_calls=calls),
+               tools=tools)
+    result = Message("tool", '{"ok": true}', tool_call_id="mine-7")
+    chat = (Message("system", "S"), *user("switch it on"),
+            Message("assistant", " ", tool_calls=(ToolCall("mine-7", "F", {"x": 1}),)), result)
+    new = c.new_part("a", chat)
+    assert new == (Message("system", "S"), result)  # only the result is new
+    p = c.plan("a", new, None, tools)
+    assert p.continues_kv and not p.clear_kv and p.messages == new
+    c.finished("a", new, None, "done", tools=tools)
+    assert c.history("a")[1] == Message("assistant", "", tool_calls=calls)
+    p = c.plan("a", user("and now?"), None, None)  # other tools (none): the cache is rebuilt
+    assert not p.continues_kv and p.messages[-1] == Message("user", "and now?")
+    assert p.messages[:2] == (*user("switch it on"), Message("assistant", "", tool_calls=calls))

@@ -12,22 +12,7 @@ import pytest
 
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.runtime import Session
-from rkllm_mqtt.simulator import ABIS, build_simulator, sim_model_file
-
-
-@pytest.fixture(scope="session")
-def runtime_sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runtime-sim")
-
-
-@pytest.fixture(scope="session")
-def sim_libraries(runtime_sim_cache: Path) -> dict[str, Path]:
-    return {abi: build_simulator(abi, cache_dir=runtime_sim_cache) for abi in ABIS}
-
-
-@pytest.fixture(scope="session")
-def sim_model(runtime_sim_cache: Path) -> Path:
-    return sim_model_file(runtime_sim_cache)
+from rkllm_mqtt.simulator import ABIS
 
 
 @pytest.fixture(params=ABIS)

@@ -27,6 +27,7 @@ from rkllm_mqtt.simulator import (
     build_simulator,
     expected_answer,
     expected_tokens,
+    expected_tool_call,
     sim_model_file,
 )
 from rkllm_mqtt.simulator import build as sim_build
@@ -37,7 +38,8 @@ VERSION = {"1.1": "1.1.4", "1.2.0": "1.2.0", "1.2": "1.2.3", "1.3": "1.3.0"}
 JOIN_TIMEOUT_S = 30.0
 
 # ---------------------------------------------------------------------------------------------
-# A minimal ctypes mirror of each family's rkllm.h (rkllm-api.md §1), local to these tests.
+# A minimal ctypes mirror of each release's rkllm.h (rknn-llm 1.1.4, 1.2.0, 1.2.3, 1.3.0), local to
+# these tests.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -324,34 +326,19 @@ def _f32(x: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sim-cache")
-
-
-@pytest.fixture(scope="session")
-def libs(sim_cache: Path) -> dict[str, Path]:
-    return {abi: build_simulator(abi, cache_dir=sim_cache) for abi in ABIS}
-
-
-@pytest.fixture(scope="session")
-def model(sim_cache: Path) -> Path:
-    return sim_model_file(sim_cache)
-
-
 @pytest.fixture(params=ABIS)
 def abi(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
 @pytest.fixture
-def make_sim(libs: dict[str, Path], model: Path):
+def make_sim(sim_libraries: dict[str, Path], sim_model: Path):
     """Factory for initialised handles; destroys them all at teardown."""
     made: list[Sim] = []
 
     def make(abi: str, **init: Any) -> Sim:
-        sim = Sim(libs[abi], abi)
-        assert sim.init(model, **init) == 0
+        sim = Sim(sim_libraries[abi], abi)
+        assert sim.init(sim_model, **init) == 0
         made.append(sim)
         return sim
 
@@ -449,8 +436,8 @@ def test_ctypes_mirror_matches_reference_sizes(abi: str) -> None:
     assert ctypes.sizeof(t.Sampling) == 36
 
 
-def test_exports_exactly_the_family_functions(libs: dict[str, Path], abi: str) -> None:
-    lib = ctypes.CDLL(str(libs[abi]))
+def test_exports_exactly_the_family_functions(sim_libraries: dict[str, Path], abi: str) -> None:
+    lib = ctypes.CDLL(str(sim_libraries[abi]))
     family = FAMILY[abi]
     wanted = set().union(*(EXPORTS[f] for f in range(1, family + 1)))
     for name in ALL_EXPORTS:
@@ -460,18 +447,18 @@ def test_exports_exactly_the_family_functions(libs: dict[str, Path], abi: str) -
         assert not hasattr(lib, internal)
 
 
-def test_version_string_is_embedded(libs: dict[str, Path], abi: str) -> None:
-    assert f"rkllm-runtime version: {VERSION[abi]}".encode() in libs[abi].read_bytes()
+def test_version_string_is_embedded(sim_libraries: dict[str, Path], abi: str) -> None:
+    assert f"rkllm-runtime version: {VERSION[abi]}".encode() in sim_libraries[abi].read_bytes()
 
 
 def test_version_string_can_be_left_out(
-    libs: dict[str, Path], sim_cache: Path, model: Path, capfd: pytest.CaptureFixture[str]
+    sim_libraries: dict[str, Path], sim_cache: Path, sim_model: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     bare = build_simulator("1.3", cache_dir=sim_cache, defines=("RKLLM_SIM_NO_VERSION",))
-    assert bare != libs["1.3"]
+    assert bare != sim_libraries["1.3"]
     assert b"rkllm-runtime version" not in bare.read_bytes()
     sim = Sim(bare, "1.3")
-    assert sim.init(model) == 0
+    assert sim.init(sim_model) == 0
     assert "rkllm-runtime version" not in capfd.readouterr().err
     assert sim.run(b"still works") == 0
     assert b"".join(sim.texts()).decode() == expected_answer("still works")
@@ -490,8 +477,8 @@ def test_init_logs_the_version_like_the_real_library(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_create_default_param_returns_documented_defaults(libs: dict[str, Path], abi: str) -> None:
-    p = Sim(libs[abi], abi).lib.rkllm_createDefaultParam()
+def test_create_default_param_returns_documented_defaults(sim_libraries: dict[str, Path], abi: str) -> None:
+    p = Sim(sim_libraries[abi], abi).lib.rkllm_createDefaultParam()
     f = FAMILY[abi]
     assert p.model_path is None
     assert (p.max_context_len, p.max_new_tokens, p.top_k, p.mirostat) == (512, -1, 40, 0)
@@ -515,9 +502,9 @@ def test_create_default_param_returns_documented_defaults(libs: dict[str, Path],
 
 
 def test_init_fails_on_missing_model(
-    libs: dict[str, Path], abi: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    sim_libraries: dict[str, Path], abi: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    sim = Sim(libs[abi], abi)
+    sim = Sim(sim_libraries[abi], abi)
     sim.handle = ctypes.c_void_p(1234)
     assert sim.init(tmp_path / "missing.rkllm") == -1
     assert sim.handle.value is None
@@ -529,41 +516,41 @@ def test_init_fails_on_missing_model(
 
 
 def test_init_fails_when_context_exceeds_the_model_limit(
-    libs: dict[str, Path],
-    model: Path,
+    sim_libraries: dict[str, Path],
+    sim_model: Path,
     abi: str,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    sim = Sim(libs[abi], abi)
-    assert sim.init(model, max_context_len=8192) == -1
+    sim = Sim(sim_libraries[abi], abi)
+    assert sim.init(sim_model, max_context_len=8192) == -1
     assert (
         "E rkllm: max_context[8192] must be less than the model's max_context_limit[4096]"
         in capfd.readouterr().err
     )
     monkeypatch.setenv("RKLLM_SIM_MODEL_MAX_CONTEXT", "16384")
-    assert sim.init(model, max_context_len=8192) == 0
+    assert sim.init(sim_model, max_context_len=8192) == 0
     assert sim.inspect()["init"]["max_context_len"] == 8192
     assert sim.destroy() == 0
 
 
 def test_init_fails_on_request(
-    libs: dict[str, Path],
-    model: Path,
+    sim_libraries: dict[str, Path],
+    sim_model: Path,
     abi: str,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("RKLLM_SIM_FAIL", "init")
-    assert Sim(libs[abi], abi).init(model) == -1
+    assert Sim(sim_libraries[abi], abi).init(sim_model) == -1
     err = capfd.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("E rkllm:")] == [
         "E rkllm: simulated init failure (RKLLM_SIM_FAIL=init)"
     ]
 
 
-def test_destroy_rejects_a_null_handle(libs: dict[str, Path], abi: str) -> None:
-    assert Sim(libs[abi], abi).lib.rkllm_destroy(None) == -1
+def test_destroy_rejects_a_null_handle(sim_libraries: dict[str, Path], abi: str) -> None:
+    assert Sim(sim_libraries[abi], abi).lib.rkllm_destroy(None) == -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,10 +660,10 @@ def test_userdata_reaches_the_callback(make_sim: Any, abi: str) -> None:
     assert sim.inspect()["run"]["userdata"] is False
 
 
-def test_1_3_falls_back_to_result_userdata(libs: dict[str, Path], model: Path) -> None:
-    sim = Sim(libs["1.3"], "1.3")
+def test_1_3_falls_back_to_result_userdata(sim_libraries: dict[str, Path], sim_model: Path) -> None:
+    sim = Sim(sim_libraries["1.3"], "1.3")
     p = sim.lib.rkllm_createDefaultParam()
-    p.model_path = str(model).encode()
+    p.model_path = str(sim_model).encode()
     callbacks = sim.t.CallbackStruct(result_callback=sim._callback, result_userdata=0x77)
     assert sim.lib.rkllm_init(ctypes.byref(sim.handle), ctypes.byref(p), ctypes.byref(callbacks)) == 0
     assert sim.run(b"a") == 0
@@ -769,8 +756,8 @@ print("survived", flush=True)
     ("prompt", "env"), [(b"[sim:crash] boom", {}), (b"boom", {"RKLLM_SIM_FAIL": "crash"})]
 )
 def test_crash_kills_the_process_after_two_tokens(
-    libs: dict[str, Path],
-    model: Path,
+    sim_libraries: dict[str, Path],
+    sim_model: Path,
     prompt: bytes,
     env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -779,9 +766,9 @@ def test_crash_kills_the_process_after_two_tokens(
         monkeypatch.setenv(key, value)
     script = CRASH_SCRIPT.format(
         test_dir=str(Path(__file__).parent),
-        lib=str(libs["1.2"]),
+        lib=str(sim_libraries["1.2"]),
         abi="1.2",
-        model=str(model),
+        model=str(sim_model),
         prompt=prompt,
     )
     proc = subprocess.run(
@@ -1032,7 +1019,7 @@ def test_prompt_cache_and_lora_functions(sim: Sim, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_inspect_reports_init_fields_as_read(make_sim: Any, abi: str, model: Path) -> None:
+def test_inspect_reports_init_fields_as_read(make_sim: Any, abi: str, sim_model: Path) -> None:
     f = FAMILY[abi]
     fields: dict[str, Any] = {
         "max_context_len": 1024,
@@ -1062,7 +1049,7 @@ def test_inspect_reports_init_fields_as_read(make_sim: Any, abi: str, model: Pat
     insp = sim.inspect()
     assert (insp["abi"], insp["version"]) == (abi, VERSION[abi])
     init = insp["init"]
-    expected: dict[str, Any] = {"model_path": str(model), "is_async": False}
+    expected: dict[str, Any] = {"model_path": str(sim_model), "is_async": False}
     for name, value in fields.items():
         expected[name] = value.decode() if isinstance(value, bytes) else value
     # "%.9g" round-trips float32: 0.9 arrives as "0.899999976", the float32 nearest to 0.9.
@@ -1238,3 +1225,72 @@ def test_sim_model_file_is_written_once(tmp_path: Path) -> None:
     assert path.stat().st_size > 0
     assert sim_model_file(tmp_path) == path
     assert path.stat().st_mtime_ns == stamp
+
+
+# --------------------------------------------------------------------------------------------- #
+# Function calling: where each family's model sees the tools, and the split call it answers with
+
+SIM_TOOLS = json.dumps([
+    {"type": "function", "function": {"name": "intent__HassTurnOn", "parameters": {
+        "type": "object", "properties": {"name": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "GetTime", "parameters": {"type": "object"}}},
+])
+HERMES_BLOCK = "# Tools\n<tools>\n" + "\n".join(
+    json.dumps(t) for t in json.loads(SIM_TOOLS)) + "\n</tools>\n"
+
+
+def _chunks(text: str) -> list[bytes]:
+    data = text.encode()
+    return [data[i:i + 3] for i in range(0, len(data), 3)]
+
+
+@_only("1.2", "1.3")
+def test_set_function_tools_makes_turn_on_a_split_tool_call(sim: Sim) -> None:
+    assert sim.lib.rkllm_set_function_tools(sim.handle, b"sys", SIM_TOOLS.encode(),
+                                            b"tool_response") == 0
+    assert sim.run(b"Please turn on the Kitchen Light!") == 0
+    call = expected_tool_call("intent__HassTurnOn", "Kitchen Light")
+    assert sim.texts() == _chunks(call) and len(sim.texts()) > 10
+    assert sim.inspect()["run"]["tool_call"] == "intent__HassTurnOn"
+    sim.events.clear()
+    assert sim.run(b"What does GetTime say? [sim:tool_xml]") == 0  # named: no arguments
+    assert b"".join(sim.texts()).decode() == expected_tool_call("GetTime", xml=True)
+    sim.events.clear()
+    assert sim.run(b'[{"success": true}]', role=b"tool") == 0  # a result: answered in text
+    assert b"".join(sim.texts()).decode() == expected_answer('[{"success": true}]')
+    assert sim.inspect()["run"]["tool_call"] is None
+
+
+@_only("1.2", "1.3")
+def test_on_1_2_1_tools_in_the_text_or_an_empty_list_are_no_tools(sim: Sim) -> None:
+    assert sim.run(f"{HERMES_BLOCK}turn on the lamp".encode()) == 0
+    assert sim.inspect()["run"]["tool_call"] is None
+    assert sim.lib.rkllm_set_function_tools(sim.handle, b"", b"[]", b"tool_response") == 0
+    sim.events.clear()
+    assert sim.run(b"turn on the lamp") == 0
+    assert b"".join(sim.texts()).decode() == expected_answer("turn on the lamp")
+
+
+@_only("1.1", "1.2.0")
+def test_before_1_2_1_the_tools_are_read_from_the_text(sim: Sim) -> None:
+    assert sim.run(f"{HERMES_BLOCK}turn off the porch. [sim:echo]".encode()) == 0
+    assert sim.inspect()["run"]["tool_call"] is None  # [sim:echo]
+    sim.events.clear()
+    assert sim.run(f"{HERMES_BLOCK}turn on the porch.".encode()) == 0
+    assert b"".join(sim.texts()).decode() == expected_tool_call("intent__HassTurnOn", "porch")
+    sim.events.clear()
+    reply = f"{HERMES_BLOCK}User: turn on the porch\n<tool_response>\nok\n</tool_response>"
+    assert sim.run(reply.encode()) == 0  # ends in a result: answered in text
+    assert sim.inspect()["run"]["tool_call"] is None
+
+
+@_only("1.2.0")
+def test_1_2_0_reads_the_tools_from_the_template_and_the_kv_cache(sim: Sim) -> None:
+    assert sim.lib.rkllm_set_chat_template(sim.handle, HERMES_BLOCK.encode(), b"<u>", b"</u>") == 0
+    assert sim.run(b"turn on the hall") == 0
+    assert sim.inspect()["run"]["tool_call"] == "intent__HassTurnOn"
+    assert sim.lib.rkllm_set_chat_template(sim.handle, b"", b"<u>", b"</u>") == 0
+    assert sim.run(f"{HERMES_BLOCK}hello".encode(), keep_history=1) == 0
+    sim.events.clear()
+    assert sim.run(b"turn on the hall", keep_history=1) == 0  # the tools are in the cache
+    assert b"".join(sim.texts()).decode() == expected_tool_call("intent__HassTurnOn", "hall")

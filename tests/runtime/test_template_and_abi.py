@@ -129,9 +129,9 @@ def test_every_function_is_bound_with_its_prototype(
 
 @pytest.mark.parametrize("family", ABIS)
 def test_without_a_version_string_only_symbols_decide(
-    runtime_sim_cache: Path, family: str
+    sim_cache: Path, family: str
 ) -> None:
-    path = str(build_simulator(family, cache_dir=runtime_sim_cache,
+    path = str(build_simulator(family, cache_dir=sim_cache,
                                defines=["RKLLM_SIM_NO_VERSION"]))
     if family in ("1.1", "1.2.0"):
         assert detect_abi(path) == family
@@ -145,11 +145,11 @@ def test_without_a_version_string_only_symbols_decide(
 
 @pytest.mark.parametrize("family", ABIS)
 def test_a_trimmed_library_is_never_guessed_but_runs_when_named(
-    runtime_sim_cache: Path, sim_model: Path, family: str
+    sim_cache: Path, sim_model: Path, family: str
 ) -> None:
     # Only the entry points a server calls, no version string: its exports match no release's
     # complete list (a 1.2/1.3 build would look like 1.2.0, a 1.1 build like 1.0.x), so "auto" stops.
-    path = str(build_simulator(family, cache_dir=runtime_sim_cache,
+    path = str(build_simulator(family, cache_dir=sim_cache,
                                defines=["RKLLM_SIM_MINIMAL", "RKLLM_SIM_NO_VERSION"]))
     with pytest.raises(AbiDetectionError, match=r"runtime\.abi"):
         detect_abi(path)
@@ -158,8 +158,8 @@ def test_a_trimmed_library_is_never_guessed_but_runs_when_named(
     assert outcome.text == expected_answer("trimmed")
 
 
-def test_a_trimmed_library_with_a_version_string_is_detected(runtime_sim_cache: Path) -> None:
-    path = build_simulator("1.3", cache_dir=runtime_sim_cache, defines=["RKLLM_SIM_MINIMAL"])
+def test_a_trimmed_library_with_a_version_string_is_detected(sim_cache: Path) -> None:
+    path = build_simulator("1.3", cache_dir=sim_cache, defines=["RKLLM_SIM_MINIMAL"])
     assert detect_abi(str(path)) == "1.3"
 
 

@@ -117,6 +117,15 @@ def test_how_the_output_is_cut_into_tokens_changes_nothing(output: str) -> None:
         assert run_filter(pieces)[1:] == whole, pieces
 
 
+def test_odd_schemas_do_not_break_the_parser() -> None:
+    odd = ToolSet.from_json(json.dumps([
+        {"type": "function", "function": {"name": "a", "parameters": {"properties": [1]}}},
+        {"type": "function", "function": {"name": "b", "parameters": {"properties": {
+            "x": {"type": ["integer", "null"]}, "y": 3}}}},
+        {"type": "function", "function": {"name": "c"}}]))
+    assert odd.functions == {"a": {}, "b": {"x": "string", "y": "string"}, "c": {}}
+
+
 def test_hermes_rendering_is_qwens() -> None:
     system = hermes_system("Be brief.", TOOLS_JSON)
     assert system.startswith("Be brief.\n\n# Tools\n\nYou may call one or more functions")
@@ -128,6 +137,8 @@ def test_hermes_rendering_is_qwens() -> None:
     assert render_tool_results(results) == ('<tool_response>\n{"ok": 1}\n</tool_response>\n'
                                             "<tool_response>\ndone\n</tool_response>")
     assert merge_tool_results(results) == '[{"ok": 1}, "done"]'
+    deep = "[" * 5000 + "]" * 5000  # too deep to parse: kept as the string it is
+    assert merge_tool_results([Message("tool", deep)]) == json.dumps([deep])
     assert render_tool_calls([ToolCall("c", "HassTurnOn", {"name": "é"})]) == (
         '<tool_call>\n{"name": "HassTurnOn", "arguments": {"name": "é"}}\n</tool_call>')
 
@@ -160,6 +171,14 @@ def test_plan_per_family() -> None:
         "User: turn on the lamp\nAssistant: <tool_call>\n"
         '{"name": "HassTurnOn", "arguments": {"name": "lamp"}}\n</tool_call>\n'
         'Tool: <tool_response>\n{"ok": true}\n</tool_response>')
+
+
+def test_a_replayed_chat_has_its_system_text_once() -> None:
+    """Each turn of a chat client brings the system message; the replay states it once."""
+    chat = (Message("system", "S"), *CHAT[:2], Message("system", "S"), CHAT[2])
+    plan = plan_request(TemplateConfig(), chat, None, native_template=True, native_tools=True,
+                        tools_json=TOOLS_JSON)
+    assert plan.function_tools == ("S", TOOLS_JSON)
 
 
 @pytest.mark.parametrize("abi", ["1.2", "1.3"])
