@@ -10,8 +10,8 @@
 # name made of its inputs (this script and pyproject.toml), so CI on the same machine reuses it and
 # any change to the recipe or the daemon's dependencies builds a new one (older ones are removed).
 # Mounts are made in a private mount namespace (unshare), so they vanish with the command, whatever
-# way it ends. Exit 3 with one line on stderr when the tier cannot run here (not root, no
-# debootstrap, no Debian archive reachable), so the caller can skip it and say why.
+# way it ends. Exit 3 with one line on stderr when the tier cannot run here (not root, no mount
+# namespaces, no debootstrap, no Debian archive reachable), so the caller can skip it and say why.
 set -euo pipefail
 
 PHACC_VERSION="0.13.375"  # pins homeassistant 2026.10.4
@@ -60,7 +60,6 @@ mount_and_run() {
 }
 
 build() {
-    [[ "$(id -u)" == 0 ]] || skip "the HA 2026 tier needs root (debootstrap, chroot, mounts)"
     if [[ -f "$STAMP" ]]; then
         return 0
     fi
@@ -99,6 +98,10 @@ build() {
 
 case "${1:-}" in
     build)
+        [[ "$(id -u)" == 0 ]] || skip "the HA 2026 tier needs root (debootstrap, chroot, mounts)"
+        unshare --mount --propagation private true 2>/dev/null \
+            || skip "the HA 2026 tier needs mount namespaces (unshare --mount failed)"
+        [[ -f "$STAMP" ]] && exit 0
         # One build at a time on this machine (CI and a developer may start the tier together).
         mkdir -p "$(dirname "$CACHE_ROOT")"
         exec 9>>"${CACHE_ROOT%/}.lock"
@@ -107,6 +110,9 @@ case "${1:-}" in
         ;;
     run)
         shift
+        # Shared with other runs; a build (which removes chroots of other inputs) waits for them.
+        exec 9>>"${CACHE_ROOT%/}.lock"
+        flock -s 9
         [[ -f "$STAMP" ]] || { echo "the HA 2026 chroot is not built: run $0 build" >&2; exit 1; }
         # The checkout is importable as /src (the daemon runs from it too, with `python -m rkllm_mqtt`).
         mount_and_run bash -c "$(declare -f in_chroot); ROOT='$ROOT'; in_chroot /usr/bin/env PYTHONPATH=/src \

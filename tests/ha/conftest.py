@@ -1,12 +1,16 @@
-"""Fixtures for the Home Assistant tier: a real Mosquitto, HA's real MQTT integration, outside clients.
+"""Fixtures for the Home Assistant tiers: a real Mosquitto, HA's real MQTT integration, outside clients.
 
-Runs only in `.venv-ha` (Python 3.13, phacc 0.13.236 → HA 2025.4.4). The recipe (socket_enabled,
-mock_hass_config, a real `mqtt` config entry, waiting for HA's subscriptions) is the one checked in
-reference/ha-mqtt.md §4.5. The helpers behind these fixtures are in harness.py.
+Runs in `.venv-ha` (Python 3.13, phacc 0.13.236 → HA 2025.4.4) and in the 2026 chroot (Python 3.14,
+phacc 0.13.375 → HA 2026.10.4); see run.sh. HA's real MQTT needs the `socket_enabled` and
+`mock_hass_config` fixtures of pytest-homeassistant-custom-component, a real `mqtt` config entry
+(https://developers.home-assistant.io/docs/development_testing), and a wait until HA's MQTT client
+has sent its debounced SUBSCRIBEs. The helpers behind these fixtures are in harness.py.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +31,28 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 # The custom integration's fixtures (its tests import helpers from there too, so it must load first).
 pytest_plugins = ["integration_fixtures"]
+
+
+# What Home Assistant logs when code uses an API it has deprecated (helpers.frame.report_usage, the
+# helpers.deprecation decorators): "... which is deprecated ...", "... is a deprecated ...".
+DEPRECATION = re.compile(r"\bdeprecated\b", re.IGNORECASE)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecation_warning(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test during which Home Assistant reported the use of a deprecated API.
+
+    Home Assistant raises for some of these in tests, and only logs others (e.g. a deprecated
+    device-info key of a custom integration); both would break on the release that removes them.
+    """
+    yield
+    reported = [
+        f"{record.name}: {record.getMessage()}"
+        for when in ("setup", "call", "teardown")
+        for record in caplog.get_records(when)
+        if record.levelno >= logging.WARNING and DEPRECATION.search(record.getMessage())
+    ]
+    assert not reported, f"deprecated API use reported: {reported}"
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # HA imports `custom_components` with phacc's testing_config first on sys.path, and that copy is a
 # regular package that would hide ours (which has no __init__.py, like a user's config dir). Importing
-# it now, with our folder first, puts ours in sys.modules before HA looks (reference/ha-mqtt.md §4.5.2).
+# it now, with our folder first, puts ours in sys.modules before HA looks.
 sys.path.insert(0, str(REPO_ROOT / "ha_integration"))
 import custom_components  # noqa: E402
 

@@ -153,3 +153,27 @@ async def test_picking_a_daemon_whose_discovery_is_in_progress_creates_the_entry
     await hass.async_block_till_done()
     # The discovery flow for the same daemon is gone with it (Home Assistant aborts it).
     assert _mqtt_flows(hass) == []
+
+
+async def test_the_manual_step_needs_a_connected_broker(
+    hass: HomeAssistant, enable_custom_integrations: None, socket_enabled: None, mock_hass_config: None
+) -> None:
+    """MQTT loaded but its broker unreachable: say so, instead of scanning and blaming the daemon."""
+    from harness import free_port
+    from homeassistant.components import mqtt
+    from homeassistant.setup import async_setup_component
+
+    assert await async_setup_component(hass, "homeassistant", {})
+    mqtt_entry = MockConfigEntry(
+        domain=mqtt.DOMAIN, version=1, minor_version=2,
+        data={"broker": "127.0.0.1", "port": free_port()}, options={},
+    )
+    mqtt_entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(mqtt_entry.entry_id)
+    assert await mqtt.async_wait_for_mqtt_client(hass)  # loaded ...
+    assert not mqtt.is_connected(hass)  # ... but not connected
+
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": config_entries.SOURCE_USER})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "mqtt_not_connected"
+    assert await hass.config_entries.async_unload(mqtt_entry.entry_id)

@@ -9,7 +9,9 @@ and the simulator's prompt is exactly the user text, or the transcript when the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -544,3 +546,172 @@ def test_the_history_window_moves_half_a_window_at_a_time() -> None:
     small = Budget(chars=12, payload_bytes=10**6)
     starts = [first(chat(earlier), budget=small) for earlier in range(1, 9)]
     assert starts == ["u0", "u0", "u2", "u2", "u4", "u4", "u6", "u6"]
+
+
+async def test_thirty_turns_of_long_answers_are_all_answered(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], spy: Spy
+) -> None:
+    """A long chat outgrows the daemon's limits; the history is cut to fit them, every turn is
+    answered, and the window moves in jumps (the daemon's cache continues between them)."""
+    hass = ha_with_mqtt
+    max_prompt_chars = 8000
+    start_daemon(env={"RKLLM_MQTT_LIMITS__MAX_PROMPT_CHARS": str(max_prompt_chars)},
+                 max_context_len=4096, **QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+    await wait_until(
+        hass, lambda: hass.config_entries.async_entries(rkllm_const.DOMAIN)[0].runtime_data.limits
+        .max_prompt_chars == max_prompt_chars, "the daemon's announced limits",
+    )
+
+    conversation_id = None
+    firsts: list[str] = []
+    for turn in range(30):
+        result = await converse(hass, f"Turn {turn}: tell me more [sim:tokens=330]", conversation_id)
+        conversation_id = result.conversation_id
+        request = await spy.request()
+        final = await spy.final(request)
+        assert final["status"] == "ok", (turn, final)
+        assert result.response.response_type is intent.IntentResponseType.ACTION_DONE, turn
+        speech = result.response.speech["plain"]["speech"]
+        assert speech == final["text"] and len(speech) > 1900
+        size = sum(len(m["content"]) for m in request["messages"]) + len(request["system"])
+        assert size <= max_prompt_chars
+        firsts.append(request["messages"][0]["content"])
+    # The window moved a few times, not every turn, and always kept more than the newest turn.
+    moves = sum(a != b for a, b in itertools.pairwise(firsts))
+    assert 3 <= moves <= 15
+    assert firsts[-1] != "Turn 29: tell me more [sim:tokens=330]"
+
+
+class FakeDaemon:
+    """An outside client playing the daemon, for replies the real one never sends (a lost token,
+    a refusal despite its announced limits, going offline mid-answer)."""
+
+    def __init__(self, client: OutsideClient, limits: dict[str, int] | None = None) -> None:
+        self.client = client
+        client.subscribe(f"{PREFIX}/prompt")
+        if limits is not None:
+            client.publish(f"{PREFIX}/state", json.dumps({"state": "idle", "limits": limits}), retain=True)
+        client.publish(f"{PREFIX}/status", "online", retain=True)
+
+    async def request(self) -> dict[str, Any]:
+        return json.loads((await self.client.next_message(f"{PREFIX}/prompt")).payload)
+
+    def reply(self, request: dict[str, Any], **reply: Any) -> None:
+        self.client.publish(request["response_topic"], json.dumps({"id": request["id"], **reply}))
+
+
+async def test_the_final_text_wins_over_a_lost_token(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    hass = ha_with_mqtt
+    daemon = FakeDaemon(outside_client())
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    recorder = DeltaRecorder()
+    task = hass.async_create_task(converse(hass, "Say hello", recorder=recorder))
+    request = await daemon.request()
+    daemon.reply(request, type="token", seq=0, text="Hel")
+    daemon.reply(request, type="token", seq=2, text=" world")  # seq 1 ("lo") never arrives
+    daemon.reply(request, type="final", status="ok", text="Hello world", finish_reason="stop")
+    result = await task
+
+    assert "".join(d.get("content", "") for d in recorder.deltas) == "Hel world"  # what streamed
+    assert result.response.speech["plain"]["speech"] == "Hello world"
+    # The chat log holds the final text: the next turn sends it as the answer.
+    task = hass.async_create_task(converse(hass, "Again", result.conversation_id))
+    request = await daemon.request()
+    assert request["messages"][1] == {"role": "assistant", "content": "Hello world"}
+    daemon.reply(request, type="final", status="ok", text="Hi", finish_reason="stop")
+    assert (await task).response.speech["plain"]["speech"] == "Hi"
+
+
+async def test_offline_in_the_middle_of_an_answer_ends_with_a_spoken_error(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    """Newer Home Assistant speaks the streamed text as it comes, and nothing after it: the error
+    sentence must be in the stream, and the turn is an error, not a cut-off answer."""
+    hass = ha_with_mqtt
+    daemon = FakeDaemon(outside_client())
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    recorder = DeltaRecorder()
+    task = hass.async_create_task(converse(hass, "Tell me a story", recorder=recorder))
+    request = await daemon.request()
+    story = "Once upon a time, in a kitchen far away, there lived a small NPU that "
+    for seq, word in enumerate(story.split(" ")):
+        daemon.reply(request, type="token", seq=seq, text=f"{word} ")
+    for _ in range(500):  # not wait_until: blocking till done would wait for the turn itself
+        if len(recorder.deltas) > 10:
+            break
+        await asyncio.sleep(0.01)
+    daemon.client.publish(f"{PREFIX}/status", "offline", retain=True)
+    result = await task
+
+    sentence = f"The RKLLM daemon {NODE_ID} went offline while answering."
+    assert _error_speech(result) == sentence
+    heard = "".join(d.get("content", "") for d in recorder.deltas)
+    assert heard.startswith("Once upon a time")
+    assert heard.endswith(sentence)
+
+
+async def test_a_chat_refused_for_its_size_is_sent_again_shorter(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    """A daemon may refuse what its announced limits allow (its configuration changed since):
+    the turn is sent once more with less history, and later turns keep the shorter window."""
+    hass = ha_with_mqtt
+    daemon = FakeDaemon(outside_client(), limits={"max_prompt_chars": 100000, "max_payload_bytes": 200000})
+    await setup_entry(hass, **{rkllm_const.CONF_MAX_HISTORY: 0})
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    conversation_id = None
+    for turn in range(4):
+        task = hass.async_create_task(converse(hass, f"Question {turn}", conversation_id))
+        request = await daemon.request()
+        daemon.reply(request, type="final", status="ok", text=f"Answer {turn} " + "x" * 3000,
+                     finish_reason="stop")
+        conversation_id = (await task).conversation_id
+    assert len(request["messages"]) == 7
+
+    task = hass.async_create_task(converse(hass, "Question 4", conversation_id))
+    refused = await daemon.request()
+    assert len(refused["messages"]) == 9
+    message = "prompt: 12100 characters, over limits.max_prompt_chars (8000)"
+    daemon.reply(refused, type="final", status="error", error={"code": "invalid_request", "message": message})
+    retry = await daemon.request()
+    assert retry["id"] != refused["id"]
+    assert 1 <= len(retry["messages"]) < len(refused["messages"])
+    assert retry["messages"][-1] == {"role": "user", "content": "Question 4"}
+    daemon.reply(retry, type="final", status="ok", text="Answer 4", finish_reason="stop")
+    result = await task
+    assert result.response.speech["plain"]["speech"] == "Answer 4"
+
+    task = hass.async_create_task(converse(hass, "Question 5", conversation_id))
+    following = await daemon.request()
+    assert following["messages"][0] == retry["messages"][0]  # the window stays where it moved
+    daemon.reply(following, type="final", status="ok", text="Answer 5", finish_reason="stop")
+    await task
+
+
+async def test_losing_and_regaining_the_daemon_is_logged_once_each(
+    ha_with_mqtt: HomeAssistant, start_daemon: Callable[..., Daemon], caplog: pytest.LogCaptureFixture
+) -> None:
+    hass = ha_with_mqtt
+    daemon = start_daemon(**QWEN_TEMPLATE)
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+    daemon.stop()
+    await wait_for_state(hass, ENTITY_ID, lambda state: state == STATE_UNAVAILABLE)
+    start_daemon(**QWEN_TEMPLATE)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records
+             if r.name.startswith("custom_components.rkllm_mqtt") and r.levelno >= logging.INFO]
+    assert lines == [
+        ("INFO", f"The RKLLM daemon {PREFIX} is unavailable (offline, or MQTT disconnected)"),
+        ("INFO", f"The RKLLM daemon {PREFIX} is back online"),
+    ]

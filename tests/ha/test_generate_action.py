@@ -132,3 +132,63 @@ async def test_errors_carry_their_translation(ha_with_mqtt: HomeAssistant) -> No
     assert (err.value.translation_domain, err.value.translation_key) == (DOMAIN, "offline")
     assert err.value.translation_placeholders == {"node_id": NODE_ID}
     assert str(err.value) == f"The RKLLM daemon {NODE_ID} is offline."
+
+
+async def test_an_empty_system_is_the_daemons_own(
+    ha_with_mqtt: HomeAssistant,
+    start_daemon: Callable[..., Daemon],
+    outside_client: Callable[[], OutsideClient],
+) -> None:
+    """The action's description says empty means the daemon's configured system prompt."""
+    hass = ha_with_mqtt
+    spy = outside_client()
+    spy.subscribe(f"{PREFIX}/prompt")
+    start_daemon(system_prompt="You are the kitchen.")
+    await setup_entry(hass)
+    await wait_for_state(hass, ENTITY_ID, lambda state: state != STATE_UNAVAILABLE)
+
+    response = await _generate(hass, prompt="Hi", system="")
+    request = json.loads((await spy.next_message(f"{PREFIX}/prompt")).payload)
+    assert "system" not in request
+    assert response["text"] == expected_answer("You are the kitchen.\n\nHi")
+
+
+async def test_an_entry_that_is_not_loaded_is_named(ha_with_mqtt: HomeAssistant) -> None:
+    """An entry waiting to retry its setup is not "no daemon set up"."""
+    from homeassistant.config_entries import ConfigEntryState
+    from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+    hass = ha_with_mqtt
+    assert await async_setup_component(hass, DOMAIN, {})
+    MockConfigEntry(
+        domain=DOMAIN, title="RKLLM kitchen", unique_id=f"{BASE_TOPIC}/{NODE_ID}",
+        data={rkllm_const.CONF_BASE_TOPIC: BASE_TOPIC, rkllm_const.CONF_NODE_ID: NODE_ID},
+        state=ConfigEntryState.SETUP_RETRY,
+    ).add_to_hass(hass)
+    with pytest.raises(ServiceValidationError) as err:
+        await _generate(hass, prompt="Hi")
+    assert str(err.value) == "No RKLLM daemon is loaded (set up but not running: RKLLM kitchen)."
+    assert err.value.translation_key == "none_loaded"
+
+
+async def test_setup_without_mqtt_retries_with_a_translated_reason(
+    ha_with_mqtt: HomeAssistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from homeassistant.components import mqtt
+    from homeassistant.config_entries import ConfigEntryState
+    from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+    async def mqtt_unavailable(_hass: HomeAssistant) -> bool:
+        return False
+
+    hass = ha_with_mqtt
+    monkeypatch.setattr(mqtt, "async_wait_for_mqtt_client", mqtt_unavailable)
+    entry = MockConfigEntry(
+        domain=DOMAIN, title="RKLLM kitchen", unique_id=f"{BASE_TOPIC}/{NODE_ID}",
+        data={rkllm_const.CONF_BASE_TOPIC: BASE_TOPIC, rkllm_const.CONF_NODE_ID: NODE_ID},
+    )
+    entry.add_to_hass(hass)
+    assert not await hass.config_entries.async_setup(entry.entry_id)
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert entry.reason == rkllm_const.EXCEPTION_MESSAGES["mqtt_not_connected"]
+    assert entry.error_reason_translation_key == "mqtt_not_connected"

@@ -90,11 +90,13 @@ def test_the_tree_has_the_layout_hacs_requires(tree: Path) -> None:
     # One integration, at custom_components/<domain>/ in the repository root, hacs.json beside it.
     assert sorted(p.name for p in (tree / "custom_components").iterdir()) == [DOMAIN]
     assert (tree / "custom_components" / DOMAIN / "manifest.json").is_file()
-    assert sorted(p.name for p in tree.iterdir()) == ["LICENSE", "README.md", "custom_components", "hacs.json"]
+    root = sorted(p.name for p in tree.iterdir())
+    assert root == ["LICENSE", "README.md", "custom_components", "hacs.json"]
     assert not list(tree.rglob("__pycache__"))
     # GitHub's licence detection must find Apache-2.0 (pyproject's licence).
     license_text = (tree / "LICENSE").read_text()
-    assert license_text.lstrip().startswith("Apache License\n") and "Version 2.0, January 2004" in license_text
+    assert license_text.lstrip().startswith("Apache License\n")
+    assert "Version 2.0, January 2004" in license_text
     assert "END OF TERMS AND CONDITIONS" in license_text
     assert PROJECT_URL in (tree / "README.md").read_text()
 

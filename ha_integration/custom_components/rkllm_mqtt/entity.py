@@ -1,9 +1,9 @@
 """Base entity for the RKLLM over MQTT integration: availability and the agent's device.
 
 The agent has a device of its own (a service, like the agents of core's LLM integrations), linked
-to the device of the daemon's MQTT discovery so the device page connects the two. Since Home
-Assistant 2025.x moved to one config entry per device, the agent no longer joins the MQTT device:
-that device belongs to the `mqtt` entry. The link is made the way each release expects: the
+to the device of the daemon's MQTT discovery so the device page connects the two. Home Assistant
+2026.x gives a device a single config entry, so the agent cannot join the MQTT device: that device
+is the `mqtt` entry's. The link is made the way each release expects: the
 `via_device` identifier until the device info takes `via_device_id`, by device id after that; and
 by device id whenever the daemon's discovery arrives after the agent.
 (Home Assistant developer docs: https://developers.home-assistant.io/docs/device_registry_index)
@@ -48,11 +48,14 @@ def agent_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.Device
         model="Conversation agent",
         entry_type=dr.DeviceEntryType.SERVICE,
     )
+    # Only a device that exists: some releases report a via_device that does not.
     node_id = entry.data[CONF_NODE_ID]
-    if not LINKS_BY_DEVICE_ID:
-        info["via_device"] = mqtt_device_identifier(node_id)  # type: ignore[typeddict-unknown-key]
-    elif daemon_device := find_daemon_device(hass, node_id):
+    if (daemon_device := find_daemon_device(hass, node_id)) is None:
+        return info
+    if LINKS_BY_DEVICE_ID:
         info["via_device_id"] = daemon_device.id
+    else:
+        info["via_device"] = mqtt_device_identifier(node_id)  # type: ignore[typeddict-unknown-key]
     return info
 
 
