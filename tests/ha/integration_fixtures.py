@@ -48,10 +48,9 @@ if _OURS not in list(custom_components.__path__):
 from custom_components.rkllm_mqtt import client as rkllm_client  # noqa: E402
 from custom_components.rkllm_mqtt import config_flow as rkllm_config_flow  # noqa: E402
 from custom_components.rkllm_mqtt import const as rkllm_const  # noqa: E402
-from custom_components.rkllm_mqtt import history as rkllm_history  # noqa: E402
 from custom_components.rkllm_mqtt import llm_api as rkllm_llm_api  # noqa: E402
 
-__all__ = ["rkllm_client", "rkllm_config_flow", "rkllm_const", "rkllm_history", "rkllm_llm_api"]
+__all__ = ["rkllm_client", "rkllm_config_flow", "rkllm_const", "rkllm_llm_api"]
 
 CONF_BASE_TOPIC = rkllm_const.CONF_BASE_TOPIC
 CONF_NODE_ID = rkllm_const.CONF_NODE_ID

@@ -37,7 +37,6 @@ from integration_fixtures import (
     NODE_ID,
     Daemon,
     rkllm_const,
-    rkllm_history,
     rkllm_llm_api,
     setup_entry,
     wait_for_state,
@@ -45,7 +44,6 @@ from integration_fixtures import (
 from pytest_homeassistant_custom_component.common import MockPlatform, mock_platform
 
 from rkllm_mqtt.simulator import expected_answer
-from rkllm_mqtt.tool_requests import message_chars, tool_message
 
 try:  # Home Assistant 2026.x: tool schemas are probatio's (voluptuous's successor, same names)
     import probatio as vol
@@ -556,26 +554,3 @@ async def test_several_apis_offer_all_their_tools(
     assert hass.states.get(KITCHEN_LIGHT).state == STATE_ON
     assert desk_api.calls == [{"name": "desk lamp"}]
 
-
-async def test_the_history_window_counts_tool_turns_as_the_daemon_does(
-    ha_with_mqtt: HomeAssistant, desk_api: DeskAPI, scripted_daemon: ScriptedDaemon
-) -> None:
-    """The window is cut to the daemon's `limits.max_prompt_chars`, so HA must count a tool round's
-    messages the way the daemon does."""
-    hass = ha_with_mqtt
-    await setup_entry(hass, **api_option("desk"))
-    await wait_for_state(hass, ENTITY_ID, lambda s: s != STATE_UNAVAILABLE)
-
-    turn = hass.async_create_task(converse(hass, "Desk lamp on, brightly"))
-    await scripted_daemon.answer("Sure — ", tool_calls=lambda request: [
-        {"id": "c1", "name": offered(request, "SetLight"),
-         "arguments": {"name": "desk lamp", "brightness": 100, "note": "hellø"}},
-    ])
-    second = await scripted_daemon.answer("Done.")
-    await turn
-    for i, message in enumerate(second["messages"]):
-        if message["role"] in ("user", "assistant") and "tool_calls" not in message:
-            daemon_chars = len(message["content"])
-        else:
-            daemon_chars = message_chars(tool_message(i, message))
-        assert rkllm_history.message_chars(message) == daemon_chars, message

@@ -66,12 +66,9 @@ def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, Any]]:
 
 
 def message_chars(message: dict[str, Any]) -> int:
-    """What a message adds to the daemon's prompt size (`limits.max_prompt_chars`): its text, and
-    each tool call's name and arguments (as compact JSON, the way the daemon counts them)."""
-    return len(message.get("content") or "") + sum(
-        len(call["name"]) + len(json.dumps(call["arguments"], ensure_ascii=False))
-        for call in message.get("tool_calls", ())
-    )
+    """What a message adds to the daemon's prompt size (`limits.max_prompt_chars`): its `content`
+    only, as the contract counts it; an assistant turn that only called tools has none."""
+    return len(message.get("content") or "")
 
 
 def conversation_key(conversation_id: str) -> str:
