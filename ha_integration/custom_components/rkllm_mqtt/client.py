@@ -30,6 +30,9 @@ from .const import (
     status_topic,
 )
 
+# Seconds the daemon's deadline for a request (`ttl_s`) runs past this side's timeout.
+TTL_GRACE_S = 1.0
+
 # Put into a pending request's queue when the daemon goes offline, or when the entry unloads.
 _OFFLINE: dict[str, Any] = {"type": "_offline"}
 _UNLOADED: dict[str, Any] = {"type": "_unloaded"}
@@ -248,8 +251,9 @@ class RkllmClient:
             "temperature": temperature,
             "priority": priority,
             # The daemon's own deadline for it, queued or running: nobody waits for it after that, even
-            # when this Home Assistant is gone before it could publish an abort.
-            "ttl_s": timeout,
+            # when this Home Assistant is gone before it could publish an abort. A little later than
+            # the timeout here, so that this side's timeout (and its abort) is what normally ends it.
+            "ttl_s": timeout + TTL_GRACE_S,
         }
         return Generation(self, {k: v for k, v in request.items() if v is not None}, timeout)
 
