@@ -80,6 +80,13 @@ class Timing(TypedDict):
 StateName = Literal["loading", "idle", "generating", "error"]
 
 
+class StateLimits(TypedDict):
+    """What a client must stay within (`limits` of `~/state`)."""
+
+    max_prompt_chars: int
+    max_payload_bytes: int
+
+
 class StatePayload(TypedDict):
     """The retained `~/state` JSON."""
 
@@ -93,3 +100,4 @@ class StatePayload(TypedDict):
     ttft_ms: float | None
     requests_total: int
     errors_total: int
+    limits: StateLimits
