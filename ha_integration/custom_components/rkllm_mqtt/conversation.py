@@ -24,7 +24,7 @@ from .const import (
 )
 from .entity import RkllmBaseEntity
 from .history import Budget, HistoryTooLong, chat_log_messages, conversation_key, shorter_start, window_start
-from .llm_api import async_get_llm_api, format_tools, llm_api_ids
+from .llm_api import async_get_llm_api, format_tools, llm_api_ids, turn_intent_response
 from .tool_loop import async_add_answer, async_tool_rounds
 
 if TYPE_CHECKING:
@@ -85,8 +85,11 @@ class RkllmConversationEntity(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> conversation.ConversationResult:
         chat_log.llm_api = await async_get_llm_api(self.hass, user_input, self.entry.options)
+        turn_start = len(chat_log.content)
         await self._async_handle_chat_log(chat_log, await self._async_system_prompt(user_input, chat_log))
-        response = intent.IntentResponse(language=user_input.language)
+        response = turn_intent_response(chat_log, turn_start) or intent.IntentResponse(
+            language=user_input.language
+        )
         response.async_set_speech(chat_log.content[-1].content or "")
         return conversation.ConversationResult(
             response=response,

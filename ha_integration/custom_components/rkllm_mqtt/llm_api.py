@@ -15,7 +15,7 @@ from homeassistant.components import conversation
 from homeassistant.const import CONF_LLM_HASS_API
 from homeassistant.core import HomeAssistant
 from homeassistant.exceptions import HomeAssistantError
-from homeassistant.helpers import llm
+from homeassistant.helpers import intent, llm
 from homeassistant.helpers.json import json_dumps
 from homeassistant.helpers.selector import SelectOptionDict, SelectSelector, SelectSelectorConfig
 
@@ -151,6 +151,21 @@ def _tool_result(content: conversation.ToolResultContent) -> Any:
     if result is not None and hasattr(result, "data"):
         return result.data
     return content.tool_result
+
+
+def turn_intent_response(chat_log: conversation.ChatLog, since: int) -> intent.IntentResponse | None:
+    """The intent response of the turn's last intent tool call, which core's agents answer with
+    (its targets tell Assist what was switched); the model's text becomes its speech.
+
+    Only releases whose tool results keep the intent response (`llm.IntentResponseDict`, 2026.x)
+    have one; on 2025.4 the results are plain dicts and the turn's response is a new one.
+    """
+    for content in reversed(chat_log.content[since:]):
+        if isinstance(content, conversation.ToolResultContent):
+            original = getattr(getattr(getattr(content, "result", None), "data", None), "original", None)
+            if isinstance(original, intent.IntentResponse):
+                return original
+    return None
 
 
 def tool_inputs(calls: list[dict[str, Any]]) -> list[llm.ToolInput]:
