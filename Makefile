@@ -65,4 +65,4 @@ bench: venv broker
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) .venv-ha .pytest_cache .ruff_cache .mypy_cache *.egg-info build/hacs
