@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from harness import OutsideClient, wait_until
 from homeassistant.components import conversation
+from homeassistant.components.conversation import trace as conversation_trace
+from homeassistant.components.conversation.trace import ConversationTraceEventType
 from homeassistant.components.homeassistant.exposed_entities import async_expose_entity
 from homeassistant.components.light import ColorMode, LightEntity
 from homeassistant.const import (
@@ -360,6 +362,14 @@ async def test_tools_and_prompt_go_with_the_request_and_results_come_back_as_too
     assert json.loads(failed["content"]) == {
         "error": "HomeAssistantError", "error_text": "No light is called hall light"
     }
+
+    # The conversation trace (Settings → Voice assistants → Debug) shows what was offered, and the
+    # calls Home Assistant ran.
+    events = [event for trace in conversation_trace.async_get_traces() for event in trace.as_dict()["events"]]
+    details = [e["data"] for e in events if e["event_type"] == ConversationTraceEventType.AGENT_DETAIL]
+    assert {"system": first["system"], "tools": first["tools"]} in details
+    ran = [e["data"] for e in events if e["event_type"] == ConversationTraceEventType.TOOL_CALL]
+    assert {"tool_name": function["name"], "tool_args": {"name": "hall light"}} in ran
 
     # The turn's answer is the text after the tool round, and both rounds streamed.
     assert result.response.response_type is intent.IntentResponseType.ACTION_DONE

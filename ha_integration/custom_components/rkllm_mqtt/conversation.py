@@ -150,6 +150,8 @@ class RkllmConversationEntity(
             "priority": "interactive",
             "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
         }
+        # What core's agents put in the conversation trace (Settings → Voice assistants → Debug).
+        chat_log.async_trace({"system": fields["system"], "tools": fields["tools"]})
 
         async def one_request() -> None:
             answered: list[Generation] = []
