@@ -7,8 +7,9 @@
 # Why a chroot: Home Assistant 2026.3+ needs Python >= 3.14.2, which this Debian release does not
 # ship; Debian's sid suite does, as binary packages, and a minbase chroot of it is cheap.
 # The chroot is cached outside the checkout ($RKLLM_HA_CACHE, else /var/cache/rkllm-mqtt-ci) under a
-# name made of its inputs (this script and pyproject.toml), so CI on the same machine reuses it and
-# any change to the recipe or the daemon's dependencies builds a new one (older ones are removed).
+# name made of its inputs (this script and the daemon's dependencies in pyproject.toml), so CI and
+# every checkout on the same machine reuse it, and a change to either builds a new one. A chroot no
+# run used for two days is removed when another is built.
 # Mounts are made in a private mount namespace (unshare), so they vanish with the command, whatever
 # way it ends. Exit 3 with one line on stderr when the tier cannot run here (not root, no mount
 # namespaces, no debootstrap, no Debian archive reachable), so the caller can skip it and say why.
@@ -25,9 +26,11 @@ APT_OPTIONS=(-o Acquire::Check-Valid-Until=false -o Acquire::Retries=3)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE_ROOT="${RKLLM_HA_CACHE:-/var/cache/rkllm-mqtt-ci}"
-KEY="$(cat "${BASH_SOURCE[0]}" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+KEY="$({ cat "${BASH_SOURCE[0]}"; sed -n '/^dependencies = \[/,/^\]/p' "$REPO_ROOT/pyproject.toml"; } \
+    | sha256sum | cut -c1-16)"
 ROOT="$CACHE_ROOT/ha2026-$KEY"
 STAMP="$ROOT/.rkllm-ready"
+LAST_USED="$ROOT/.rkllm-last-used"
 
 skip() {
     echo "$*" >&2
@@ -61,7 +64,7 @@ mount_and_run() {
 
 build() {
     if [[ -f "$STAMP" ]]; then
-        return 0
+        return 0  # built by another process while this one waited for the lock
     fi
     if ! command -v debootstrap >/dev/null 2>&1; then
         command -v apt-get >/dev/null 2>&1 || skip "no debootstrap and no apt-get to install it"
@@ -89,31 +92,45 @@ build() {
             ${COMPONENT_REQUIREMENTS[*]} \$deps
         in_chroot /opt/ha/bin/pip check
     "
-    touch "$tmp/.rkllm-ready"
+    touch "$tmp/.rkllm-ready" "$tmp/.rkllm-last-used"
     mv "$tmp" "$ROOT"
-    # One chroot is kept: remove those of earlier inputs.
-    find "$CACHE_ROOT" -mindepth 1 -maxdepth 1 -name 'ha2026-*' ! -name "ha2026-$KEY" -exec rm -rf {} +
+    # Chroots of other inputs that no run used for two days (runs hold the lock shared, so none is
+    # in use now).
+    local old
+    for old in "$CACHE_ROOT"/ha2026-*; do
+        if [[ "$old" != "$ROOT" && -d "$old" ]] \
+                && ! find "$old" -maxdepth 1 -name '.rkllm-*' -mtime -2 2>/dev/null | grep -q .; then
+            rm -rf "$old"
+        fi
+    done
     echo "HA 2026 chroot ready: $ROOT" >&2
+}
+
+# ensure: the chroot exists (built now if need be) and is held with a shared lock (fd 9) until this
+# process ends, so no build elsewhere removes it meanwhile; one build at a time on this machine.
+ensure() {
+    [[ "$(id -u)" == 0 ]] || skip "the HA 2026 tier needs root (debootstrap, chroot, mounts)"
+    unshare --mount --propagation private true 2>/dev/null \
+        || skip "the HA 2026 tier needs mount namespaces (unshare --mount failed)"
+    mkdir -p "$(dirname "$CACHE_ROOT")"
+    exec 9>>"${CACHE_ROOT%/}.lock"
+    flock -s 9
+    if [[ ! -f "$STAMP" ]]; then
+        flock -u 9
+        flock 9
+        build
+        flock -s 9
+    fi
+    touch "$LAST_USED"
 }
 
 case "${1:-}" in
     build)
-        [[ "$(id -u)" == 0 ]] || skip "the HA 2026 tier needs root (debootstrap, chroot, mounts)"
-        unshare --mount --propagation private true 2>/dev/null \
-            || skip "the HA 2026 tier needs mount namespaces (unshare --mount failed)"
-        [[ -f "$STAMP" ]] && exit 0
-        # One build at a time on this machine (CI and a developer may start the tier together).
-        mkdir -p "$(dirname "$CACHE_ROOT")"
-        exec 9>>"${CACHE_ROOT%/}.lock"
-        flock 9
-        build
+        ensure
         ;;
     run)
         shift
-        # Shared with other runs; a build (which removes chroots of other inputs) waits for them.
-        exec 9>>"${CACHE_ROOT%/}.lock"
-        flock -s 9
-        [[ -f "$STAMP" ]] || { echo "the HA 2026 chroot is not built: run $0 build" >&2; exit 1; }
+        ensure
         # The checkout is importable as /src (the daemon runs from it too, with `python -m rkllm_mqtt`).
         mount_and_run bash -c "$(declare -f in_chroot); ROOT='$ROOT'; in_chroot /usr/bin/env PYTHONPATH=/src \
             PYTHONDONTWRITEBYTECODE=1 sh -c 'cd /src && exec \"\$0\" \"\$@\"' \"\$@\"" bash "$@"
