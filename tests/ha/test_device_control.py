@@ -584,3 +584,29 @@ async def test_several_apis_offer_all_their_tools(
     assert hass.states.get(KITCHEN_LIGHT).state == STATE_ON
     assert desk_api.calls == [{"name": "desk lamp"}]
 
+
+
+async def test_a_device_that_does_not_exist_is_a_tool_error_the_model_reads(
+    ha_with_mqtt: HomeAssistant, kitchen_light: str, start_daemon: Callable[..., Daemon], spy: RequestSpy
+) -> None:
+    """Assist's intent fails (no such device); its error is the call's result, and the turn still
+    ends with the model's answer."""
+    hass = ha_with_mqtt
+    start_daemon(max_context_len=4096, **QWEN_TEMPLATE)
+    await setup_entry(hass, **api_option(llm.LLM_API_ASSIST))
+    await wait_for_state(hass, ENTITY_ID, lambda s: s != STATE_UNAVAILABLE)
+
+    result = await converse(hass, "Turn on the garage door")
+    first = await spy.request()
+    call, = (await spy.final(first))["tool_calls"]
+    assert call["arguments"] == {"name": "garage door"}
+    second = await spy.request()
+    final = await spy.final(second)
+    tool_result = second["messages"][-1]
+    assert (tool_result["role"], tool_result["tool_call_id"]) == ("tool", call["id"])
+    error = json.loads(tool_result["content"])
+    assert error["error"] == "MatchFailedError"
+    assert error["error_text"]
+    assert final["finish_reason"] == "stop"
+    assert speech(result) == final["text"]
+    assert hass.states.get(KITCHEN_LIGHT).state == STATE_OFF
