@@ -1001,7 +1001,8 @@ static bool ends_mid_char(const char *text, size_t len, size_t end) {
  * in the wrong place gets no tool call.
  *
  * The request is the text after the last "</tools>" and the last "</tool_response>" of the
- * prompt; a run with role "tool" (1.2.1+) or a prompt that ends in a tool result asks nothing.
+ * prompt, up to a client's context after it ("\n\n(" ...); a run with role "tool" (1.2.1+)
+ * or a prompt that ends in a tool result asks nothing.
  * It asks for a tool when it names one (its name appears in it), or says "turn on" / "turn off"
  * and some tool takes a "name" parameter (a tool whose name contains TurnOn / TurnOff, ignoring
  * case and "_", is preferred). The answer is a Qwen-style call, cut into SIM_CHUNK_BYTES tokens
@@ -1127,6 +1128,15 @@ static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
     const char *ask = prompt, *cut;
     if ((cut = sim_last(ask, "</tools>")) != NULL) ask = cut + 8;
     if ((cut = sim_last(ask, "</tool_response>")) != NULL) ask = cut + 16;
+    /* A client's context for the turn, "(...)" after a blank line (the Home Assistant integration
+     * moves Assist's per-device lines there), is not what the user asks. */
+    char *asked = (cut = sim_last(ask, "\n\n(")) != NULL ? strndup(ask, (size_t)(cut - ask))
+                                                         : strdup(ask);
+    if (!asked) {
+        free(tools);
+        return false;
+    }
+    ask = asked;
 
     SimTool list[SIM_MAX_TOOLS];
     size_t n = sim_tools_list(tools, list, SIM_MAX_TOOLS);
@@ -1143,6 +1153,7 @@ static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
     for (size_t i = 0; i < n && !pick && thing; i++)
         if (list[i].takes_name) pick = &list[i];
     if (!pick) {
+        free(asked);
         free(tools);
         return false;
     }
@@ -1173,6 +1184,7 @@ static bool sim_tools_answer(SimAnswer *a, SimHandle *h, const char *prompt) {
     answer_add_chunked(a, out.data, out.len);
     free(out.data);
     free(value);
+    free(asked);
     free(tools);
 
     pthread_mutex_lock(&h->mu);

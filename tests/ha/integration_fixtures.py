@@ -48,8 +48,9 @@ if _OURS not in list(custom_components.__path__):
 from custom_components.rkllm_mqtt import client as rkllm_client  # noqa: E402
 from custom_components.rkllm_mqtt import config_flow as rkllm_config_flow  # noqa: E402
 from custom_components.rkllm_mqtt import const as rkllm_const  # noqa: E402
+from custom_components.rkllm_mqtt import llm_api as rkllm_llm_api  # noqa: E402
 
-__all__ = ["rkllm_client", "rkllm_config_flow", "rkllm_const"]
+__all__ = ["rkllm_client", "rkllm_config_flow", "rkllm_const", "rkllm_llm_api"]
 
 CONF_BASE_TOPIC = rkllm_const.CONF_BASE_TOPIC
 CONF_NODE_ID = rkllm_const.CONF_NODE_ID
@@ -100,13 +101,13 @@ class Daemon:
                 self.proc.wait()
 
 
-def _daemon_config(broker: Broker, workdir: Path, node_id: str, **runtime: object) -> Path:
+def _daemon_config(broker: Broker, workdir: Path, node_id: str, abi: str, **runtime: object) -> Path:
     from rkllm_mqtt.simulator import build_simulator, sim_model_file
 
-    library = build_simulator("1.2")
+    library = build_simulator(abi)
     settings = {
         "mqtt": {"host": broker.host, "port": broker.port, "base_topic": BASE_TOPIC, "node_id": node_id},
-        "runtime": {"library": str(library), "model": str(sim_model_file()), "abi": "1.2", **runtime},
+        "runtime": {"library": str(library), "model": str(sim_model_file()), "abi": abi, **runtime},
         "homeassistant": {"discovery": True},
     }
     lines: list[str] = []
@@ -124,8 +125,10 @@ def start_daemon(mqtt_broker: Broker, tmp_path: Path) -> Iterator[Callable[..., 
     daemons: list[Daemon] = []
     watchers: list[OutsideClient] = []
 
-    def start(node_id: str = NODE_ID, env: dict[str, str] | None = None, **runtime: object) -> Daemon:
-        config = _daemon_config(mqtt_broker, tmp_path, node_id, **runtime)
+    def start(
+        node_id: str = NODE_ID, env: dict[str, str] | None = None, abi: str = "1.2", **runtime: object
+    ) -> Daemon:
+        config = _daemon_config(mqtt_broker, tmp_path, node_id, abi, **runtime)
         log_file = tmp_path / f"daemon-{node_id}.log"
         watcher = connect_outside_client(mqtt_broker, f"watch-{node_id}-{len(watchers)}")
         watchers.append(watcher)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
@@ -104,6 +104,8 @@ class GenerationResult:
     finish_reason: str
     usage: dict[str, Any]
     timing: dict[str, Any]
+    # `finish_reason: "tool_calls"`: the functions the model called, `{"id", "name", "arguments"}`.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason, "usage": self.usage,
@@ -229,8 +231,9 @@ class RkllmClient:
         *,
         timeout: float,
         prompt: str | None = None,
-        messages: list[dict[str, str]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
         system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
         conversation: str | None = None,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
@@ -243,6 +246,7 @@ class RkllmClient:
             "prompt": prompt,
             "messages": messages,
             "system": system,
+            "tools": tools,
             "conversation": conversation,
             "stream": stream,
             "response_topic": self.reply_topic,
@@ -360,4 +364,19 @@ def _final_result(reply: dict[str, Any], node_id: str) -> GenerationResult:
         finish_reason=finish_reason,
         usage=usage if isinstance(usage, dict) else {},
         timing=timing if isinstance(timing, dict) else {},
+        tool_calls=_tool_calls(reply.get("tool_calls")),
     )
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """The final reply's well-formed tool calls; a call without a name or id cannot be run or answered."""
+    if not isinstance(calls, list):
+        return []
+    valid = [
+        call for call in calls
+        if isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"]
+        and isinstance(call.get("id"), str | int) and isinstance(call.get("arguments", {}), dict)
+    ]
+    if len(valid) != len(calls):
+        LOGGER.warning("Ignoring malformed tool calls in a reply: %.200s", calls)
+    return valid

@@ -38,6 +38,7 @@ from .const import (
     SCAN_TIMEOUT,
     STATUS_ONLINE,
 )
+from .llm_api import clean_llm_api_option, llm_api_option
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -207,8 +208,11 @@ class RkllmOptionsFlow(OptionsFlow):
             for key in (CONF_MAX_NEW_TOKENS, CONF_MAX_HISTORY):
                 if key in user_input:
                     user_input[key] = int(user_input[key])
+            clean_llm_api_option(user_input)
             return self.async_create_entry(data=user_input)
-        return self.async_show_form(step_id="init", data_schema=_options_schema(self.config_entry.options))
+        return self.async_show_form(
+            step_id="init", data_schema=_options_schema(self.hass, self.config_entry.options)
+        )
 
 
 def _box(minimum: float, maximum: float, step: float, unit: str | None = None) -> NumberSelector:
@@ -218,7 +222,7 @@ def _box(minimum: float, maximum: float, step: float, unit: str | None = None) -
     return NumberSelector(config)
 
 
-def _options_schema(options: Mapping[str, Any]) -> vol.Schema:
+def _options_schema(hass: HomeAssistant, options: Mapping[str, Any]) -> vol.Schema:
     """Empty max new tokens / temperature mean "the daemon's configuration", so they have no default."""
 
     def suggested(key: str, default: Any = None) -> dict[str, Any]:
@@ -228,6 +232,7 @@ def _options_schema(options: Mapping[str, Any]) -> vol.Schema:
         {
             vol.Optional(CONF_PROMPT, description=suggested(CONF_PROMPT, llm.DEFAULT_INSTRUCTIONS_PROMPT)):
                 TemplateSelector(),
+            **llm_api_option(hass, options),
             vol.Optional(CONF_MAX_NEW_TOKENS, description=suggested(CONF_MAX_NEW_TOKENS)): _box(1, 8192, 1),
             vol.Optional(CONF_TEMPERATURE, description=suggested(CONF_TEMPERATURE)): _box(0, 2, 0.05),
             vol.Required(CONF_TIMEOUT, default=options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)):

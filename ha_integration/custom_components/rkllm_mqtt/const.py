@@ -51,6 +51,8 @@ EXCEPTION_MESSAGES = {
     "or expose fewer entities.",
     "reply_error": "The RKLLM daemon {node_id} could not answer ({code}): {message}",
     "template_error": "Sorry, I had a problem with my instructions template.",
+    "llm_api": "Sorry, I could not prepare the Home Assistant control ({api}) for this conversation.",
+    "tool_rounds": "Sorry, the model kept calling tools without answering ({rounds} rounds).",
     "mqtt_not_connected": "MQTT is not available; the RKLLM daemon needs Home Assistant's MQTT integration.",
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from homeassistant.components import conversation
@@ -25,7 +24,9 @@ from .const import (
 )
 from .entity import RkllmBaseEntity
 from .history import Budget, HistoryTooLong, chat_log_messages, conversation_key, shorter_start, window_start
+from .llm_api import async_get_llm_api, format_tools, llm_api_ids, turn_intent_response
 from .prefix import PrefixTooLong, TurnContexts, history_room, split_volatile
+from .tool_loop import async_add_answer, async_tool_rounds
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -61,6 +62,18 @@ class RkllmConversationEntity(
         """Also answer to the config entry id as an agent id, as core's LLM integrations do."""
         await super().async_added_to_hass()
         conversation.async_set_agent(self.hass, self.entry, self)
+        self.async_on_remove(self.entry.add_update_listener(self._async_options_updated))
+
+    @property
+    def supported_features(self) -> conversation.ConversationEntityFeature:
+        """CONTROL while an LLM API is chosen: Assist pipelines read it from the state's attributes."""
+        if llm_api_ids(self.entry.options):
+            return conversation.ConversationEntityFeature.CONTROL
+        return conversation.ConversationEntityFeature(0)
+
+    async def _async_options_updated(self, _hass: HomeAssistant, _entry: RkllmConfigEntry) -> None:
+        """Options apply at the next request without a reload; only the features must be written."""
+        self.async_write_ha_state()
 
     async def async_will_remove_from_hass(self) -> None:
         conversation.async_unset_agent(self.hass, self.entry)
@@ -73,9 +86,13 @@ class RkllmConversationEntity(
     async def _async_handle_message(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> conversation.ConversationResult:
+        chat_log.llm_api = await async_get_llm_api(self.hass, user_input, self.entry.options)
+        turn_start = len(chat_log.content)
         system, context = split_volatile(await self._async_system_prompt(user_input, chat_log))
         await self._async_handle_chat_log(chat_log, system, context)
-        response = intent.IntentResponse(language=user_input.language)
+        response = turn_intent_response(chat_log, turn_start) or intent.IntentResponse(
+            language=user_input.language
+        )
         response.async_set_speech(chat_log.content[-1].content or "")
         return conversation.ConversationResult(
             response=response,
@@ -86,7 +103,8 @@ class RkllmConversationEntity(
     async def _async_system_prompt(
         self, user_input: conversation.ConversationInput, chat_log: conversation.ChatLog
     ) -> str:
-        """The instructions from the options (a template) plus the caller's extra system prompt.
+        """The instructions from the options (a template), the LLM API's prompt, and the caller's
+        extra system prompt.
 
         Unlike core's LLM agents this does not prepend the current time: a system prompt that changes
         every turn makes the daemon rebuild the conversation's KV cache, i.e. re-read the whole
@@ -108,17 +126,20 @@ class RkllmConversationEntity(
             raise HomeAssistantError(*args, **kwargs) from err
         # Kept on the chat log so every later turn of the conversation gets it too.
         chat_log.extra_system_prompt = user_input.extra_system_prompt or chat_log.extra_system_prompt
-        return "\n".join(part for part in (prompt.strip(), chat_log.extra_system_prompt) if part)
+        api_prompt = chat_log.llm_api.api_prompt if chat_log.llm_api else None
+        return "\n".join(part for part in (prompt.strip(), api_prompt, chat_log.extra_system_prompt) if part)
 
     async def _async_handle_chat_log(
         self, chat_log: conversation.ChatLog, system: str | None, context: str = ""
     ) -> None:
         """Answer the chat log's newest user turn; the answer lands in the chat log.
 
-        Token messages stream into the chat log as they arrive where this Home Assistant can take a
+        Each request of the turn streams into the chat log where this Home Assistant can take a
         delta stream; elsewhere the daemon sends no tokens and the final text is added at once.
-        Either way the final reply's text is the answer the chat log keeps. Failures are raised as
-        RkllmError (a HomeAssistantError) with a sentence for the user.
+        Either way the final reply's text is the answer the chat log keeps. With an LLM API on the
+        chat log, its tools go with every request, and the tools the model calls run in rounds
+        (tool_loop). Failures are raised as RkllmError (a HomeAssistantError) with a sentence for
+        the user.
         """
         options = self.entry.options
         client = self.entry.runtime_data
@@ -127,40 +148,27 @@ class RkllmConversationEntity(
         # forgotten the conversation (restart, eviction) or holds another one.
         fields: dict[str, Any] = {
             "system": system or None,
+            "tools": format_tools(chat_log.llm_api) if chat_log.llm_api else None,
             "conversation": conversation_key(chat_log.conversation_id),
             "max_new_tokens": options.get(CONF_MAX_NEW_TOKENS),
             "temperature": options.get(CONF_TEMPERATURE),
             "priority": "interactive",
             "timeout": float(options.get(CONF_TIMEOUT, DEFAULT_TIMEOUT)),
         }
-        messages = self._turn_contexts.apply(chat_log.conversation_id, chat_log_messages(chat_log),
-                                             context)
-        answered: list[Generation] = []
-        texts = self._async_answer(client, messages, fields, chat_log.conversation_id, answered)
-        if hasattr(chat_log, "async_add_delta_content_stream"):
-            async for _content in chat_log.async_add_delta_content_stream(self.entity_id, _deltas(texts)):
-                pass
-        else:
-            async for _text in texts:
-                pass
-        result = answered[-1].result
-        assert result is not None  # a generation ends with a result or an exception
-        last = chat_log.content[-1]
-        if isinstance(last, conversation.AssistantContent):
-            if last.content != result.text:
-                # A token message was lost: what streamed is not the answer. Correct the chat log,
-                # from which the response's speech and the next turn's history are read.
-                chat_log.content[-1] = replace(last, content=result.text)
-        else:
-            # An empty answer (the stream adds no message without text), or no delta stream in this
-            # Home Assistant: the turn still needs its assistant message, or the next one follows
-            # two user messages.
-            chat_log.async_add_assistant_content_without_tools(
-                conversation.AssistantContent(agent_id=self.entity_id, content=result.text)
-            )
+        # What core's agents put in the conversation trace (Settings → Voice assistants → Debug).
+        chat_log.async_trace({"system": fields["system"], "tools": fields["tools"]})
+
+        async def one_request() -> None:
+            answered: list[Generation] = []
+            messages = self._turn_contexts.apply(chat_log.conversation_id,
+                                                 chat_log_messages(chat_log), context)
+            texts = self._async_answer(client, messages, fields, chat_log.conversation_id, answered)
+            await async_add_answer(self.entity_id, chat_log, texts, lambda: answered[-1].result, _deltas)
+
+        await async_tool_rounds(chat_log, one_request)
 
     async def _async_answer(
-        self, client: RkllmClient, messages: list[dict[str, str]], fields: dict[str, Any],
+        self, client: RkllmClient, messages: list[dict[str, Any]], fields: dict[str, Any],
         conversation_id: str, answered: list[Generation],
     ) -> AsyncIterator[str]:
         """The answer's text pieces, from a window of the chat that fits the daemon's limits.

@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from homeassistant.components import conversation
+
+from .llm_api import tool_calls_message, tool_result_message
 
 MAX_CONVERSATION_KEY = 128  # the contract's limit for `conversation` (and `id`)
 # Bytes json.dumps puts between two list items (", ").
@@ -43,18 +46,29 @@ class Budget:
         return Budget(int(self.chars * share), int(self.payload_bytes * share))
 
 
-def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, str]]:
-    """The user and assistant turns of the chat log as contract messages.
+def chat_log_messages(chat_log: conversation.ChatLog) -> list[dict[str, Any]]:
+    """The user and assistant turns of the chat log, and its tool rounds, as contract messages.
 
-    The system prompt travels separately (`system`); tool results do not exist here because the
-    daemon has no tool calling.
+    The system prompt travels separately (`system`).
     """
-    return [
-        {"role": content.role, "content": content.content}
-        for content in chat_log.content
-        if isinstance(content, conversation.UserContent | conversation.AssistantContent)
-        and content.content is not None
-    ]
+    messages: list[dict[str, Any]] = []
+    for content in chat_log.content:
+        if isinstance(content, conversation.ToolResultContent):
+            messages.append(tool_result_message(content))
+        elif isinstance(content, conversation.AssistantContent) and content.tool_calls:
+            messages.append(tool_calls_message(content))
+        elif (
+            isinstance(content, conversation.UserContent | conversation.AssistantContent)
+            and content.content is not None
+        ):
+            messages.append({"role": content.role, "content": content.content})
+    return messages
+
+
+def message_chars(message: dict[str, Any]) -> int:
+    """What a message adds to the daemon's prompt size (`limits.max_prompt_chars`): its `content`
+    only, as the contract counts it; an assistant turn that only called tools has none."""
+    return len(message.get("content") or "")
 
 
 def conversation_key(conversation_id: str) -> str:
@@ -70,7 +84,7 @@ def conversation_key(conversation_id: str) -> str:
 
 
 def window_start(
-    messages: list[dict[str, str]], *, budget: Budget, max_history: int = 0, floor: int = 0
+    messages: list[dict[str, Any]], *, budget: Budget, max_history: int = 0, floor: int = 0
 ) -> int:
     """Index of the first message to send: a user turn, the newest one at the latest.
 
@@ -87,7 +101,7 @@ def window_start(
     chars = [0]
     payload = [0]
     for message in messages:
-        chars.append(chars[-1] + len(message["content"]))
+        chars.append(chars[-1] + message_chars(message))
         payload.append(payload[-1] + len(json.dumps(message, ensure_ascii=False).encode()) + _SEPARATOR_BYTES)
 
     def fits(start: int, end: int, within: Budget) -> bool:
@@ -113,7 +127,7 @@ def window_start(
     return start
 
 
-def shorter_start(messages: list[dict[str, str]], start: int, budget: Budget) -> int:
+def shorter_start(messages: list[dict[str, Any]], start: int, budget: Budget) -> int:
     """Where to start after the daemon refused a window from `start` anyway: keep a quarter."""
     quarter = budget.scaled(0.25)
     user_turns = [i for i, message in enumerate(messages) if message["role"] == "user"]
@@ -121,7 +135,7 @@ def shorter_start(messages: list[dict[str, str]], start: int, budget: Budget) ->
         if index <= start:
             continue
         rest = messages[index:]
-        if (sum(len(m["content"]) for m in rest) <= quarter.chars
+        if (sum(message_chars(m) for m in rest) <= quarter.chars
                 and len(json.dumps(rest, ensure_ascii=False).encode()) <= quarter.payload_bytes):
             return index
     return user_turns[-1] if user_turns else start
