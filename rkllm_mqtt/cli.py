@@ -58,7 +58,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     try:
         return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
-                   system=args.system, conversation=args.conversation)
+                   system=args.system, conversation=args.conversation, pool=args.pool)
     except MqttConnectError as err:  # no broker: the question failed, the runtime is not at fault
         print(f"rkllm-mqtt: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print only the final answer")
     p.add_argument("--system", default=None, help="system prompt for this request")
     p.add_argument("--conversation", default=None, help="conversation id to continue")
+    p.add_argument("--pool", default=None, metavar="GROUP",
+                   help="send to the pool GROUP (<base_topic>/pool/GROUP/prompt) instead of one daemon; "
+                        "resent with the same id when no member holds it")
     p = command("demo", "broker + simulator + daemon on this machine, then one prompt", _cmd_demo,
                 config=False)
     p.add_argument("--abi", default="1.2", choices=["1.1", "1.2.0", "1.2", "1.3"],

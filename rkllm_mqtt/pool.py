@@ -1,0 +1,501 @@
+"""A pool of daemons on one prompt topic: work goes where there is room, and a dead member loses nothing.
+
+The broker spreads the pool's requests over the members (an MQTT 5 shared subscription), but it
+does not balance them: Mosquitto hands them out round-robin whatever each member holds, and the
+requests it gave a member that dies (kill -9, power loss) are gone, never redelivered to another.
+So the members coordinate among themselves, over two kinds of topics:
+
+- `<base>/pool/<group>/members/<node>`, retained: each member's load (running + queued), capacity
+  (`queue.max_pending` + 1) and model. Whether it is alive is its `~/status`, which its MQTT will
+  turns `offline` the moment its connection dies.
+- `<base>/pool/<group>/ledger`: a member that keeps a request, or passes it on to a peer, says so
+  (`assign`, with the request itself), and says `done` once its final reply is out. Every member
+  holds the open entries of every other.
+
+Decisions, all taken by the member that holds a request:
+- Room: an idle member keeps what it receives; a busy one passes a request to the least-loaded live
+  peer whose load is lower than its own, and moves a queued one later when a peer falls idle. A
+  request is passed on at most `pool.max_hops` times, so two stale views cannot bounce it for ever.
+- A dead member: when its status turns `offline`, the live member with the smallest node id assigns
+  its open entries again. Another member answers them, once. A request the broker delivered to a
+  member that died before it could say so on the ledger is caught by a second, plain subscription
+  every member holds on the pool topic (its own connection, so the broker sends it a copy of every
+  request): a request with an id that no member has taken within CLAIM_TIMEOUT_S is taken by that
+  same smallest live member.
+- Stickiness: the ledger says who took each conversation's last turn; its next turn goes there while
+  that member is alive and has room, else by load (clients send the whole chat, so any member can
+  replay it).
+- Duplicates: an id open on a live member, or finished within `queue.dedupe_window_s`, is not taken
+  again, so a client may repeat a request (same id) it has heard nothing about.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Protocol
+
+from paho.mqtt.client import topic_matches_sub
+
+from rkllm_mqtt.mqtt_client import InMessage, MqttClient
+from rkllm_mqtt.protocol import Request, RequestPolicy, RequestRejected, parse_request, reply
+from rkllm_mqtt.scheduler import RecentIds
+from rkllm_mqtt.topics import PoolTopics
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+MAX_STICKY = 1024  # conversations whose last member is remembered
+CLAIM_TIMEOUT_S = 2.0  # a pool request no member has taken for this long is taken over
+
+
+@dataclass(slots=True)
+class Member:
+    """A peer as the last records showed it."""
+
+    node: str
+    load: int = 0
+    capacity: int = 1
+    model: str | None = None
+    online: bool | None = None  # its ~/status (the MQTT will makes it `offline` when it dies)
+    serving: bool = False  # its member record says it takes work (not leaving)
+
+    @property
+    def live(self) -> bool:
+        return self.online is True and self.serving
+
+    @property
+    def dead(self) -> bool:
+        return self.online is False
+
+    @property
+    def has_room(self) -> bool:
+        return self.load < self.capacity
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A pool request some member owns until its `done`: what another needs to answer it instead."""
+
+    key: str
+    owner: str
+    request: dict[str, Any]  # the request as JSON, its id and response_topic filled in
+    correlation_data: bytes | None
+    hops: int
+
+    @property
+    def conversation(self) -> str | None:
+        value = self.request.get("conversation")
+        return value if isinstance(value, str) else None
+
+    @classmethod
+    def of(cls, request: Request, owner: str, hops: int = 0) -> Entry:
+        body = request.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        body["id"] = request.target.id
+        body["response_topic"] = request.target.topic
+        return cls(request.key, owner, body, request.target.correlation_data, hops)
+
+    def assign_message(self, sender: str) -> bytes:
+        corr = self.correlation_data
+        return _dumps({"op": "assign", "id": self.key, "node": self.owner, "from": sender,
+                       "hops": self.hops, "request": self.request,
+                       "correlation_data": base64.b64encode(corr).decode() if corr else None})
+
+    @classmethod
+    def from_assign(cls, obj: dict[str, Any]) -> Entry:
+        """Raises ValueError (KeyError, TypeError included) on a malformed ledger message."""
+        request, owner, hops = obj["request"], obj["node"], obj.get("hops", 0)
+        if not isinstance(request, dict) or not isinstance(owner, str) or not isinstance(hops, int):
+            raise ValueError("an assign needs request (object), node (string) and hops (integer)")
+        corr = obj.get("correlation_data")
+        return cls(str(obj["id"]), owner, request,
+                   base64.b64decode(corr) if isinstance(corr, str) else None, hops)
+
+
+class PoolView:
+    """What one member knows of the pool: peers, open entries, finished ids, sticky conversations.
+
+    Plain state, no MQTT; only the service loop touches it.
+    """
+
+    def __init__(self, node: str, *, dedupe_window_s: float) -> None:
+        self.node = node
+        self.members: dict[str, Member] = {}
+        self.entries: dict[str, Entry] = {}
+        self._done = RecentIds(dedupe_window_s)
+        self._sticky: OrderedDict[str, str] = OrderedDict()
+        # requests seen on the pool topic that no member has taken yet: key -> (request, seen at)
+        self.unclaimed: dict[str, tuple[Request, float]] = {}
+
+    def peer(self, node: str) -> Member:
+        return self.members.setdefault(node, Member(node))
+
+    def live_peers(self) -> list[Member]:
+        return [m for m in self.members.values() if m.node != self.node and m.live]
+
+    def on_record(self, node: str, record: dict[str, Any] | None) -> None:
+        """A member record (None: the member removed it)."""
+        m = self.peer(node)
+        if record is None:
+            m.serving = False
+            return
+        m.serving = record.get("online") is True
+        load, capacity, model = record.get("load"), record.get("capacity"), record.get("model")
+        m.load = load if isinstance(load, int) else m.load
+        m.capacity = capacity if isinstance(capacity, int) else m.capacity
+        m.model = model if isinstance(model, str) else m.model
+
+    def on_status(self, node: str, online: bool) -> list[Entry]:
+        """A member's availability; returns the entries this member must assign again."""
+        m = self.peer(node)
+        m.online = online
+        if online or node == self.node:
+            return []
+        orphans = [e for e in self.entries.values() if e.owner == node]
+        return orphans if orphans and self.is_reaper() else []
+
+    def is_reaper(self) -> bool:
+        """The live member with the smallest node id takes over from the dead."""
+        return min([self.node] + [m.node for m in self.live_peers()]) == self.node
+
+    def assigned(self, entry: Entry) -> None:
+        self.entries[entry.key] = entry
+        self.unclaimed.pop(entry.key, None)
+        if entry.conversation is not None:
+            self._sticky[entry.conversation] = entry.owner
+            self._sticky.move_to_end(entry.conversation)
+            while len(self._sticky) > MAX_STICKY:
+                self._sticky.popitem(last=False)
+
+    def finished(self, key: str) -> Entry | None:
+        self._done.add(key)
+        self.unclaimed.pop(key, None)
+        return self.entries.pop(key, None)
+
+    def watched(self, request: Request, seen_at: float) -> None:
+        """A copy of a pool request: remembered until a member takes it."""
+        if not self.duplicate(request.key):
+            self.unclaimed.setdefault(request.key, (request, seen_at))
+
+    def overdue(self, now: float) -> list[tuple[Request, float]]:
+        """Requests nobody took within CLAIM_TIMEOUT_S: this member's to take when it is the reaper."""
+        late = [key for key, (_, seen) in self.unclaimed.items() if now - seen >= CLAIM_TIMEOUT_S]
+        taken = [self.unclaimed.pop(key) for key in late]
+        return taken if self.is_reaper() else []
+
+    def duplicate(self, key: str) -> bool:
+        """Open on a live member (this one included), or answered recently."""
+        entry = self.entries.get(key)
+        if entry is not None and (entry.owner == self.node or self.peer(entry.owner).live):
+            return True
+        return self._done.seen(key)
+
+    def choose(self, own_load: int, own_capacity: int, *, conversation: str | None = None) -> str:
+        """Where a request should run; `own_load` counts it as if it stayed here."""
+        sticky = self._sticky.get(conversation) if conversation is not None else None
+        if sticky == self.node and own_load <= own_capacity:
+            return self.node
+        if sticky is not None and sticky != self.node:
+            m = self.members.get(sticky)
+            if m is not None and m.live and m.has_room:
+                return sticky
+        peers = [m for m in self.live_peers() if m.has_room]
+        best = min(peers, key=lambda m: (m.load, m.node), default=None)
+        if best is not None and best.load + 1 < own_load:
+            return best.node
+        return self.node
+
+    def note_sent(self, node: str) -> None:
+        """Count what we sent a peer until its next record says better."""
+        if node != self.node:
+            self.peer(node).load += 1
+
+
+class PoolHost(Protocol):
+    """What the pool needs from the service (all called on the service loop)."""
+
+    def pool_load(self) -> tuple[int, int]:
+        """(running + queued, capacity)."""
+        ...
+
+    def pool_holds(self, key: str) -> bool:
+        """Running or queued here."""
+        ...
+
+    def pool_take(self, request: Request, received: float, *, force: bool = False) -> bool:
+        """Queue it here (`force`: even when full); False when it was refused (and answered)."""
+        ...
+
+    def pool_queued(self) -> list[Request]:
+        """The queued requests, the one that would run last first."""
+        ...
+
+    def pool_release(self, key: str) -> bool:
+        """Take a queued request out of the queue, unanswered (it moves to a peer)."""
+        ...
+
+    def pool_keeps(self, request: Request) -> bool:
+        """True for a request that should not move (its conversation lives here)."""
+        ...
+
+    def pool_reject(self, rejected: RequestRejected) -> None:
+        ...
+
+
+class PoolMember:
+    """This daemon's part in a pool: subscriptions, member record, ledger, routing."""
+
+    def __init__(self, topics: PoolTopics, *, node: str, prompt_topic: str, max_hops: int,
+                 dedupe_window_s: float, mqtt: MqttClient, policy: RequestPolicy,
+                 host: PoolHost, post: Callable[[Callable[[], None]], None]) -> None:
+        self.topics = topics
+        self.node = node
+        self.prompt_topic = prompt_topic
+        self.max_hops = max_hops
+        self.mqtt = mqtt
+        self.policy = policy
+        self.host = host
+        self.view = PoolView(node, dedupe_window_s=dedupe_window_s)
+        self._last_record: bytes | None = None
+        self._serving = True
+        self._post = post
+        # A second connection with a plain subscription: a copy of every pool request, whichever
+        # member the broker gives it to (one connection cannot tell the two copies apart).
+        self.watch = MqttClient(mqtt.settings, client_id=f"{mqtt.settings.effective_client_id}-pool",
+                                subscriptions=(topics.prompt,), on_message=self._on_watched)
+
+    def start(self, *, attempts: int | None, stop: threading.Event | None) -> None:
+        self.watch.connect(attempts=attempts, stop=stop)
+
+    def close(self) -> None:
+        self.watch.close()
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        return (self.topics.shared, f"{self.topics.members}/+", self.topics.ledger, self.topics.status)
+
+    # ------------------------------------------------------------------ paho thread
+
+    def handles(self, topic: str) -> bool:
+        t = self.topics
+        return (topic in (t.prompt, t.ledger) or topic.startswith(t.members + "/")
+                or topic_matches_sub(t.status, topic))
+
+    def on_message(self, msg: InMessage, post: Callable[[Callable[[], None]], None],
+                   received: float) -> None:
+        """Parse on the network thread, act on the loop (like every other input)."""
+        t = self.topics
+        if msg.topic == t.prompt:
+            if msg.retain:
+                log.warning("ignored a retained message on the pool topic %s", msg.topic)
+                return
+            try:
+                request = parse_request(msg.payload, self.policy, response_topic=msg.response_topic,
+                                        correlation_data=msg.correlation_data)
+            except RequestRejected as rejected:
+                post(partial(self.host.pool_reject, rejected))
+                return
+            post(partial(self.on_request, request, received))
+        elif msg.topic == t.ledger:
+            obj = _loads(msg.payload)
+            if obj is not None:
+                post(partial(self.on_ledger, obj, received))
+        elif msg.topic.startswith(t.members + "/"):
+            node = msg.topic[len(t.members) + 1:]
+            post(partial(self.view.on_record, node, _loads(msg.payload)))
+        else:
+            node = PoolTopics.node_of_status(msg.topic)
+            post(partial(self.on_status, node, msg.payload.strip() == ONLINE, received))
+
+    def _on_watched(self, msg: InMessage) -> None:
+        if msg.retain or msg.topic != self.topics.prompt:
+            return
+        try:
+            request = parse_request(msg.payload, self.policy, response_topic=msg.response_topic,
+                                    correlation_data=msg.correlation_data)
+        except RequestRejected:  # the member that received it answers
+            return
+        if request.client_id_given:  # without an id nobody could tell two answers apart
+            self._post(partial(self.view.watched, request, time.monotonic()))
+
+    # ------------------------------------------------------------------ the loop
+
+    def tick(self, now: float) -> None:
+        for request, seen in self.view.overdue(now):
+            if self.host.pool_holds(request.key) or self.view.duplicate(request.key):
+                continue
+            log.warning("no pool member took %r within %.0f s; taking it", request.key,
+                        CLAIM_TIMEOUT_S)
+            self._route(Entry.of(request, self.node), request, seen, accepted=True)
+        self.rebalance()
+
+    def on_request(self, request: Request, received: float) -> None:
+        """A request from the pool topic."""
+        if not self._serving:
+            self.host.pool_take(request, received)  # answered "shutting down" by the service
+            return
+        if self.host.pool_holds(request.key) or self.view.duplicate(request.key):
+            log.info("pool request %r is already answered or in progress; ignored", request.key)
+            return
+        self._route(Entry.of(request, self.node), request, received, accepted=False)
+
+    def _route(self, entry: Entry, request: Request, received: float, *, accepted: bool) -> None:
+        """Keep it or pass it on; `accepted`: a member took it before, it must not be refused now."""
+        load, capacity = self.host.pool_load()
+        target = self.node
+        if entry.hops < self.max_hops:
+            target = self.view.choose(load + 1, capacity, conversation=entry.conversation)
+        if target == self.node:
+            self._take(entry, request, received, announce=True, force=accepted)
+        else:
+            self._send(replace(entry, owner=target, hops=entry.hops + 1))
+
+    def _take(self, entry: Entry, request: Request, received: float, *, announce: bool,
+              force: bool) -> None:
+        entry = replace(entry, owner=self.node)
+        self.view.assigned(entry)
+        if not self.host.pool_take(request, received, force=force):  # refused and answered
+            return
+        if announce:
+            self.mqtt.publish_raw(self.topics.ledger, entry.assign_message(self.node), qos=1)
+        self.mqtt.publish(reply(request.target, type="accepted"))
+
+    def _send(self, entry: Entry) -> None:
+        """Give `entry` to a peer: the ledger tells it (and everyone) it is the owner now."""
+        self.view.assigned(entry)
+        self.view.note_sent(entry.owner)
+        log.info("passed %r on to %s (hop %d)", entry.key, entry.owner, entry.hops)
+        self.mqtt.publish_raw(self.topics.ledger, entry.assign_message(self.node), qos=1)
+
+    def on_ledger(self, obj: dict[str, Any], received: float) -> None:
+        op = obj.get("op")
+        if op == "done":
+            self.view.finished(str(obj.get("id")))
+            return
+        if op != "assign" or obj.get("from") == self.node:  # our own: already applied
+            return
+        try:
+            entry = Entry.from_assign(obj)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("ignored a malformed pool ledger message: %s", err)
+            return
+        self.view.assigned(entry)
+        if entry.owner == self.node and not self.host.pool_holds(entry.key):
+            self._adopt(entry, received)
+        elif self.view.peer(entry.owner).dead and self.view.is_reaper():
+            # passed on to a member that had died meanwhile: nobody else will notice
+            log.warning("%r was passed on to %s, which is offline; assigning it again", entry.key,
+                        entry.owner)
+            request = self._parse(entry)
+            if request is not None:
+                self._route(replace(entry, hops=0), request, received, accepted=True)
+
+    def _adopt(self, entry: Entry, received: float) -> None:
+        """An entry that is ours now (passed on to us, or taken over from a dead member)."""
+        request = self._parse(entry)
+        if request is None:
+            self.answered(entry.key)
+            return
+        if not self._serving and self._hand_over(entry):
+            return
+        load, capacity = self.host.pool_load()
+        if load < capacity or entry.hops >= self.max_hops or not self._serving:
+            self._take(entry, request, received, announce=False, force=True)
+        else:
+            self._route(entry, request, received, accepted=True)
+
+    def _parse(self, entry: Entry) -> Request | None:
+        try:
+            return parse_request(_dumps(entry.request), self.policy,
+                                 correlation_data=entry.correlation_data)
+        except RequestRejected as rejected:  # another member's configuration let it through
+            self.host.pool_reject(rejected)
+            return None
+
+    def on_status(self, node: str, online: bool, received: float) -> None:
+        for entry in self.view.on_status(node, online):
+            log.warning("pool member %s went offline holding %r; assigning it again", node, entry.key)
+            request = self._parse(entry)
+            if request is None:
+                self.answered(entry.key)
+                continue
+            self._route(replace(entry, hops=0), request, received, accepted=True)
+
+    def answered(self, key: str) -> None:
+        """A final reply went out here: an entry we owned is done."""
+        entry = self.view.entries.get(key)
+        if entry is None or entry.owner != self.node:
+            return
+        self.view.finished(key)
+        self.mqtt.publish_raw(self.topics.ledger, _dumps({"op": "done", "id": key, "node": self.node}),
+                              qos=1)
+
+    def rebalance(self) -> None:
+        """Move queued requests to peers that have fallen idle (one hop each)."""
+        if not self._serving:
+            return
+        load, capacity = self.host.pool_load()
+        for request in self.host.pool_queued():
+            entry = self.view.entries.get(request.key)
+            if entry is None or entry.owner != self.node or entry.hops >= self.max_hops \
+                    or self.host.pool_keeps(request):
+                continue
+            target = self.view.choose(load, capacity)
+            if target == self.node:
+                return
+            if self.host.pool_release(request.key):
+                self._send(replace(entry, owner=target, hops=entry.hops + 1))
+                load -= 1
+
+    def publish_record(self, *, running: bool, queued: int, capacity: int, model: str,
+                       ready: bool = True, force: bool = False) -> None:
+        """The retained member record, when it changed (or after a reconnect).
+
+        `online` is false while the model loads and once the member is leaving: peers send it
+        nothing then.
+        """
+        record = {"node": self.node, "online": self._serving and ready, "load": int(running) + queued,
+                  "running": int(running), "queued": queued, "capacity": capacity,
+                  "model": model, "prompt": self.prompt_topic}
+        data = _dumps(record)
+        if force or data != self._last_record:
+            self._last_record = data
+            self.mqtt.publish_raw(self.topics.member(self.node), data, qos=1, retain=True)
+
+    def leave(self) -> None:
+        """Shutting down: take no more pool work and hand what is queued here to live peers."""
+        self._serving = False
+        self.mqtt.unsubscribe(self.topics.shared)
+        for request in self.host.pool_queued()[::-1]:
+            entry = self.view.entries.get(request.key)
+            if entry is not None and entry.owner == self.node and self.view.live_peers() \
+                    and self.host.pool_release(request.key) and not self._hand_over(entry):
+                self.host.pool_take(request, time.monotonic())  # answered: shutting down
+
+    def _hand_over(self, entry: Entry) -> bool:
+        """Give `entry` to the least-loaded live peer with room; False when there is none."""
+        peers = [m for m in self.view.live_peers() if m.has_room]
+        if not peers:
+            return False
+        target = min(peers, key=lambda m: (m.load, m.node)).node
+        self._send(replace(entry, owner=target, hops=entry.hops + 1))
+        return True
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+
+
+def _loads(payload: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(payload) if payload else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
