@@ -13,9 +13,12 @@ So the members coordinate among themselves, over two kinds of topics:
   holds the open entries of every other.
 
 Decisions, all taken by the member that holds a request:
-- Room: an idle member keeps what it receives; a busy one passes a request to the least-loaded live
-  peer whose load is lower than its own, and moves a queued one later when a peer falls idle. A
-  request is passed on at most `pool.max_hops` times, so two stale views cannot bounce it for ever.
+- Room: the broker's round-robin spreads requests as they arrive; a member that has no room for one
+  passes it to the least-loaded live peer with room (at most `pool.max_hops` times, so two stale
+  views cannot bounce it for ever). Imbalance is fixed by pulling, not pushing: a member that falls
+  idle asks the member with the most queued requests for one (`want`), and that member alone passes
+  it the request that would wait longest. Pushing to whoever looks idle sends a burst to the same
+  member from every side; a pull is answered by one member, about one request.
 - A dead member: when its status turns `offline`, the live member with the smallest node id assigns
   its open entries again. Another member answers them, once. A request the broker delivered to a
   member that died before it could say so on the ledger is caught by a second, plain subscription
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 MAX_STICKY = 1024  # conversations whose last member is remembered
 CLAIM_TIMEOUT_S = 2.0  # a pool request no member has taken for this long is taken over
+WANT_RETRY_S = 0.5  # an idle member asks again for work after this long without an answer
 
 
 @dataclass(slots=True)
@@ -62,6 +66,7 @@ class Member:
 
     node: str
     load: int = 0
+    queued: int = 0
     capacity: int = 1
     model: str | None = None
     online: bool | None = None  # its ~/status (the MQTT will makes it `offline` when it dies)
@@ -148,7 +153,9 @@ class PoolView:
             return
         m.serving = record.get("online") is True
         load, capacity, model = record.get("load"), record.get("capacity"), record.get("model")
+        queued = record.get("queued")
         m.load = load if isinstance(load, int) else m.load
+        m.queued = queued if isinstance(queued, int) else m.queued
         m.capacity = capacity if isinstance(capacity, int) else m.capacity
         m.model = model if isinstance(model, str) else m.model
 
@@ -206,16 +213,22 @@ class PoolView:
             m = self.members.get(sticky)
             if m is not None and m.live and m.has_room:
                 return sticky
+        if own_load <= own_capacity:
+            return self.node
         peers = [m for m in self.live_peers() if m.has_room]
         best = min(peers, key=lambda m: (m.load, m.node), default=None)
-        if best is not None and best.load + 1 < own_load:
-            return best.node
-        return self.node
+        return self.node if best is None else best.node
+
+    def victim(self) -> str | None:
+        """The live peer with the most queued requests: whom an idle member asks for work."""
+        peers = [m for m in self.live_peers() if m.queued > 0]
+        return max(peers, key=lambda m: (m.queued, m.node)).node if peers else None
 
     def note_sent(self, node: str) -> None:
         """Count what we sent a peer until its next record says better."""
         if node != self.node:
             self.peer(node).load += 1
+            self.peer(node).queued += 1
 
 
 class PoolHost(Protocol):
@@ -265,6 +278,7 @@ class PoolMember:
         self.view = PoolView(node, dedupe_window_s=dedupe_window_s)
         self._last_record: bytes | None = None
         self._serving = True
+        self._wanted_at = -WANT_RETRY_S
         self._post = post
         # A second connection with a plain subscription: a copy of every pool request, whichever
         # member the broker gives it to (one connection cannot tell the two copies apart).
@@ -334,7 +348,7 @@ class PoolMember:
             log.warning("no pool member took %r within %.0f s; taking it", request.key,
                         CLAIM_TIMEOUT_S)
             self._route(Entry.of(request, self.node), request, seen, accepted=True)
-        self.rebalance()
+        self._pull(now)
 
     def on_request(self, request: Request, received: float) -> None:
         """A request from the pool topic."""
@@ -379,6 +393,11 @@ class PoolMember:
         if op == "done":
             self.view.finished(str(obj.get("id")))
             return
+        if op == "want":
+            wanter = obj.get("from")
+            if obj.get("node") == self.node and isinstance(wanter, str) and wanter != self.node:
+                self._give(wanter)
+            return
         if op != "assign" or obj.get("from") == self.node:  # our own: already applied
             return
         try:
@@ -388,6 +407,7 @@ class PoolMember:
             return
         self.view.assigned(entry)
         if entry.owner == self.node and not self.host.pool_holds(entry.key):
+            self._wanted_at = -WANT_RETRY_S
             self._adopt(entry, received)
         elif self.view.peer(entry.owner).dead and self.view.is_reaper():
             # passed on to a member that had died meanwhile: nobody else will notice
@@ -437,22 +457,28 @@ class PoolMember:
         self.mqtt.publish_raw(self.topics.ledger, _dumps({"op": "done", "id": key, "node": self.node}),
                               qos=1)
 
-    def rebalance(self) -> None:
-        """Move queued requests to peers that have fallen idle (one hop each)."""
-        if not self._serving:
+    def _pull(self, now: float) -> None:
+        """Idle here while a peer has requests waiting: ask it for one."""
+        if not self._serving or now - self._wanted_at < WANT_RETRY_S or self.host.pool_load()[0]:
             return
-        load, capacity = self.host.pool_load()
+        victim = self.view.victim()
+        if victim is None:
+            return
+        self._wanted_at = now
+        self.mqtt.publish_raw(self.topics.ledger,
+                              _dumps({"op": "want", "node": victim, "from": self.node}), qos=1)
+
+    def _give(self, wanter: str) -> None:
+        """A peer fell idle and asked us: pass it the queued request that would wait longest."""
+        if not self.view.peer(wanter).live:
+            return
         for request in self.host.pool_queued():
             entry = self.view.entries.get(request.key)
-            if entry is None or entry.owner != self.node or entry.hops >= self.max_hops \
-                    or self.host.pool_keeps(request):
+            if entry is None or entry.owner != self.node or self.host.pool_keeps(request):
                 continue
-            target = self.view.choose(load, capacity)
-            if target == self.node:
-                return
             if self.host.pool_release(request.key):
-                self._send(replace(entry, owner=target, hops=entry.hops + 1))
-                load -= 1
+                self._send(replace(entry, owner=wanter, hops=entry.hops + 1))
+            return
 
     def publish_record(self, *, running: bool, queued: int, capacity: int, model: str,
                        ready: bool = True, force: bool = False) -> None:

@@ -183,8 +183,6 @@ def _summary(final: dict[str, Any]) -> str:
     usage = final.get("usage") or {}
     timing = final.get("timing") or {}
     parts = [f"finish: {final.get('finish_reason')}", f"{usage.get('completion_tokens')} tokens"]
-    if final.get("node") is not None:
-        parts.insert(0, f"node {final['node']}")
     if usage.get("prompt_tokens") is not None:
         parts.append(f"prompt {usage['prompt_tokens']} tokens")
     if timing.get("ttft_ms") is not None:
@@ -193,4 +191,6 @@ def _summary(final: dict[str, Any]) -> str:
         parts.append(f"{timing['tokens_per_s']:.1f} tokens/s")
     if timing.get("total_ms") is not None:
         parts.append(f"total {timing['total_ms']:.0f} ms")
+    if final.get("node") is not None:
+        parts.append(f"node {final['node']}")
     return "[" + ", ".join(parts) + "]"

@@ -245,7 +245,7 @@ def test_ask_pool_streams_the_answer_and_names_the_node(start_pool, broker, tmp_
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "tok0 tok1 tok2\n"
-    assert any(f"[node {n}," in done.stderr for n in pool.nodes), done.stderr
+    assert any(f", node {n}]" in done.stderr for n in pool.nodes), done.stderr
 
 
 # ----------------------------------------------------------------------------- the view alone
@@ -263,19 +263,29 @@ def _view(**peers: tuple[int, int]) -> PoolView:
     return view
 
 
-def test_an_idle_member_keeps_its_request_a_busy_one_passes_it_to_the_least_loaded():
+def test_a_member_with_room_keeps_its_request_a_full_one_passes_it_to_the_least_loaded():
     view = _view(b=(1, 3), c=(0, 3))
     assert view.choose(1, 3) == "a"  # idle here (the request itself is the 1)
-    assert view.choose(2, 3) == "c"
+    assert view.choose(3, 3) == "a"  # busy, but there is room: the broker's spread stands
+    assert view.choose(4, 3) == "c"  # no room here
     view.note_sent("c")
-    assert view.choose(2, 3) == "a"  # b and c now hold one each, as many as a would
-    assert view.choose(3, 3) == "b"
+    assert view.choose(4, 3) == "b"  # b and c now hold one each: by name
 
 
 def test_a_full_peer_or_a_dead_one_gets_nothing():
     view = _view(b=(3, 3), c=(0, 3))
     view.on_status("c", False)
     assert view.choose(4, 3) == "a"  # nobody has room: the request is refused here, as before
+
+
+def test_an_idle_member_asks_the_peer_with_the_most_queued():
+    view = _view(b=(2, 3), c=(3, 3))
+    assert view.victim() is None  # records without "queued": nothing is known to wait
+    view.on_record("b", {"online": True, "load": 2, "queued": 1, "capacity": 3})
+    view.on_record("c", {"online": True, "load": 3, "queued": 2, "capacity": 3})
+    assert view.victim() == "c"
+    view.on_status("c", False)
+    assert view.victim() == "b"
 
 
 def test_the_smallest_live_node_takes_over_a_dead_members_entries():
@@ -299,7 +309,7 @@ def test_a_conversation_goes_back_to_the_member_that_took_its_last_turn():
     view.assigned(Entry.of(request, "b"))
     assert view.choose(1, 3, conversation="k") == "b"  # b has room, even though a is idle
     view.on_record("b", {"online": True, "load": 3, "capacity": 3})
-    assert view.choose(1, 3, conversation="k") == "a"  # b is full: by load
+    assert view.choose(1, 3, conversation="k") == "a"  # b is full: by room
 
 
 def test_an_entry_carries_the_whole_request_to_the_next_member():
