@@ -291,10 +291,6 @@ class PoolMember:
     def close(self) -> None:
         self.watch.close()
 
-    @property
-    def subscriptions(self) -> tuple[str, ...]:
-        return (self.topics.shared, f"{self.topics.members}/+", self.topics.ledger, self.topics.status)
-
     # ------------------------------------------------------------------ paho thread
 
     def handles(self, topic: str) -> bool:
@@ -302,10 +298,9 @@ class PoolMember:
         return (topic in (t.prompt, t.ledger) or topic.startswith(t.members + "/")
                 or topic_matches_sub(t.status, topic))
 
-    def on_message(self, msg: InMessage, post: Callable[[Callable[[], None]], None],
-                   received: float) -> None:
+    def on_message(self, msg: InMessage, received: float) -> None:
         """Parse on the network thread, act on the loop (like every other input)."""
-        t = self.topics
+        t, post = self.topics, self._post
         if msg.topic == t.prompt:
             if msg.retain:
                 log.warning("ignored a retained message on the pool topic %s", msg.topic)
@@ -342,6 +337,8 @@ class PoolMember:
     # ------------------------------------------------------------------ the loop
 
     def tick(self, now: float) -> None:
+        if not self._serving:  # leaving: the others no longer count it as live, and take over
+            return
         for request, seen in self.view.overdue(now):
             if self.host.pool_holds(request.key) or self.view.duplicate(request.key):
                 continue
@@ -409,7 +406,7 @@ class PoolMember:
         if entry.owner == self.node and not self.host.pool_holds(entry.key):
             self._wanted_at = -WANT_RETRY_S
             self._adopt(entry, received)
-        elif self.view.peer(entry.owner).dead and self.view.is_reaper():
+        elif self._serving and self.view.peer(entry.owner).dead and self.view.is_reaper():
             # passed on to a member that had died meanwhile: nobody else will notice
             log.warning("%r was passed on to %s, which is offline; assigning it again", entry.key,
                         entry.owner)
@@ -440,7 +437,8 @@ class PoolMember:
             return None
 
     def on_status(self, node: str, online: bool, received: float) -> None:
-        for entry in self.view.on_status(node, online):
+        orphans = self.view.on_status(node, online)
+        for entry in orphans if self._serving else ():
             log.warning("pool member %s went offline holding %r; assigning it again", node, entry.key)
             request = self._parse(entry)
             if request is None:

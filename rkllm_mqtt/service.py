@@ -124,8 +124,7 @@ class Service:
             subscriptions.append(settings.homeassistant.status_topic)
         pool_topics = PoolTopics.of(settings)
         if pool_topics is not None:
-            subscriptions += [pool_topics.shared, f"{pool_topics.members}/+", pool_topics.ledger,
-                              pool_topics.status]
+            subscriptions += pool_topics.subscriptions
         self.mqtt = MqttClient(m, availability_topic=self.topics.status,
                                subscriptions=subscriptions, on_message=self._on_message,
                                on_connected=lambda: self._post(self._on_connected))
@@ -232,7 +231,7 @@ class Service:
 
     def _on_message(self, msg: InMessage) -> None:
         if self.pool is not None and self.pool.handles(msg.topic):
-            self.pool.on_message(msg, self._post, time.monotonic())
+            self.pool.on_message(msg, time.monotonic())
             return
         if msg.retain and msg.topic in self.topics.commands:
             # A retained command would be replayed at every (re)connect: run once, then forever.

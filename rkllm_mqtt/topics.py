@@ -107,6 +107,11 @@ class PoolTopics:
     def member(self, node: str) -> str:
         return f"{self.members}/{node}"
 
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What a member subscribes to on its main connection."""
+        return (self.shared, f"{self.members}/+", self.ledger, self.status)
+
     @staticmethod
     def node_of_status(topic: str) -> str:
         """`<base>/<node>/status` -> node."""

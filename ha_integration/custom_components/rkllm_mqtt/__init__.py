@@ -29,6 +29,7 @@ from .const import (
     exception_args,
     reply_topic,
 )
+from .pool import CONF_POOL, RkllmPoolClient
 
 RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
 
@@ -97,12 +98,17 @@ async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> boo
     if not await mqtt.async_wait_for_mqtt_client(hass):
         raise ConfigEntryNotReady("MQTT is not connected")
     base_topic = entry.data[CONF_BASE_TOPIC]
-    client = RkllmClient(
-        hass,
-        base_topic=base_topic,
-        node_id=entry.data[CONF_NODE_ID],
-        reply_topic=reply_topic(base_topic, entry.entry_id),
-    )
+    client: RkllmClient
+    if CONF_POOL in entry.data:  # a pool of daemons: one agent, whichever member answers
+        client = RkllmPoolClient(hass, base_topic=base_topic, group=entry.data[CONF_POOL],
+                                 reply_topic=reply_topic(base_topic, entry.entry_id))
+    else:
+        client = RkllmClient(
+            hass,
+            base_topic=base_topic,
+            node_id=entry.data[CONF_NODE_ID],
+            reply_topic=reply_topic(base_topic, entry.entry_id),
+        )
     await client.async_start()
     entry.async_on_unload(client.async_stop)
     entry.runtime_data = client

@@ -11,6 +11,7 @@ from homeassistant.helpers import intent, llm, template
 
 from .const import CONF_PROMPT, LOGGER, exception_args
 from .entity import RkllmBaseEntity, daemon_device_info
+from .pool import CONF_POOL, pool_device_info
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
 async def async_setup_entry(
     hass: HomeAssistant, entry: RkllmConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
 ) -> None:
-    async_add_entities([RkllmConversationEntity(entry, daemon_device_info(entry))])
+    if CONF_POOL in entry.data:
+        device = pool_device_info(entry.entry_id, entry.data[CONF_POOL])
+    else:
+        device = daemon_device_info(entry)
+    async_add_entities([RkllmConversationEntity(entry, device)])
 
 
 class RkllmConversationEntity(
