@@ -122,8 +122,7 @@ class Request(BaseModel):
     validation; `id` None in the payload becomes an `auto-…` id there.
     """
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False,
-                              arbitrary_types_allowed=True)
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", allow_inf_nan=False)
 
     client_id: str | int | None = Field(None, alias="id")
     response_topic: str | None = None

@@ -1,4 +1,8 @@
-"""The daemon: MQTT in, scheduler, one runtime session, MQTT out; availability, state and HA.
+"""The daemon's loop: MQTT in, scheduler, one runtime session, MQTT out.
+
+What Home Assistant sees is published through `ha_outputs`, topics come from `topics`, and the
+`rkllm-mqtt run` command around this class is `commands.run`; docs/architecture.md walks a
+request through all of them.
 
 Threads and who owns what:
 - paho's network thread parses each message (`protocol.parse_request`) and puts a call on the inbox;
@@ -21,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from rkllm_mqtt.config import RuntimeSettings, Settings
@@ -75,6 +79,8 @@ SHUTDOWN_FLUSH_S = 5.0
 
 @dataclass(eq=False)
 class Job:
+    """A request in the daemon's hands: its times, its deadline, how far its answer got."""
+
     request: Request
     received: float
     deadline: float | None
@@ -85,6 +91,15 @@ class Job:
     seq: int = 0
     abort_reason: AbortReason | None = None  # why we asked the engine to stop
     abort_message: str = ""
+    # Read for every token on the runtime's thread: copied once out of the pydantic model, whose
+    # computed properties cost microseconds each.
+    key: str = field(init=False)
+    target: ReplyTarget = field(init=False)
+    stream: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key, self.target, self.stream = (self.request.key, self.request.target,
+                                              self.request.stream)
 
 
 @dataclass
@@ -263,8 +278,8 @@ class Service:
         """Runtime thread: publish tokens now; hand the outcome to the loop."""
         if isinstance(event, TokenEvent):
             job = self._running
-            if job is not None and job.request.key == job_id and job.request.stream:
-                self.mqtt.publish(token_reply(job.request.target, job.seq, event.text))
+            if job is not None and job.key == job_id and job.stream:
+                self.mqtt.publish(token_reply(job.target, job.seq, event.text))
                 job.seq += 1
             return
         self._post(partial(self._on_outcome, job_id, event))
@@ -363,7 +378,7 @@ class Service:
         return int(self._running is not None) + len(self._scheduler), capacity
 
     def pool_holds(self, key: str) -> bool:
-        return (self._running is not None and self._running.request.key == key) \
+        return (self._running is not None and self._running.key == key) \
             or key in self._scheduler
 
     def pool_take(self, request: Request, received: float, *, force: bool = False) -> bool:
@@ -393,7 +408,7 @@ class Service:
 
     def _on_abort(self, key: str | None) -> None:
         job = self._running
-        if job is not None and (key is None or job.request.key == key):
+        if job is not None and (key is None or job.key == key):
             self._abort_running("abort", "aborted on request")
             return
         if key is None:
@@ -411,8 +426,8 @@ class Service:
         if job is None or job.abort_reason is not None:
             return
         job.abort_reason, job.abort_message = reason, message
-        log.info("aborting %r: %s", job.request.key, message)
-        self.engine.abort(job.request.key, reason)
+        log.info("aborting %r: %s", job.key, message)
+        self.engine.abort(job.key, reason)
 
     def _dispatch(self) -> None:
         if self._running is not None or not self._ready or self._stopping or not self.engine.ready:
@@ -446,13 +461,13 @@ class Service:
 
     def _on_outcome(self, job_id: str, event: FinalEvent | ErrorEvent) -> None:
         job = self._running
-        if job is None or job.request.key != job_id:
+        if job is None or job.key != job_id:
             log.warning("outcome for %r, which is not running; ignored", job_id)
             return
         self._running = None
         self._state = "idle"
         now = time.monotonic()
-        request, target = job.request, job.request.target
+        request, target = job.request, job.target
         plan = job.plan
         if isinstance(event, ErrorEvent):
             self._conversations.finished(request.conversation, job.new_messages, request.system, None)
@@ -587,7 +602,7 @@ class Service:
             if self.settings.queue.on_shutdown == "abort":
                 self._abort_running("abort", "the daemon is shutting down")
             else:
-                log.info("finishing %r before shutting down", self._running.request.key)
+                log.info("finishing %r before shutting down", self._running.key)
 
 
 # ----------------------------------------------------------------------------- helpers

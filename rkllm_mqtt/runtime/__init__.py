@@ -16,6 +16,7 @@ from rkllm_mqtt.runtime.events import (
     TokenEvent,
 )
 from rkllm_mqtt.runtime.library import detect_abi, load_library
+from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.prompt import render_messages
 from rkllm_mqtt.runtime.session import Generation, Session
 
@@ -28,6 +29,7 @@ __all__ = [
     "GenerationRequest",
     "Message",
     "RunStats",
+    "RuntimeOptions",
     "Sampling",
     "Session",
     "TokenEvent",
