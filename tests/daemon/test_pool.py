@@ -218,6 +218,18 @@ def test_the_follow_up_of_a_dead_members_conversation_is_replayed_elsewhere(star
     assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]  # history replayed
 
 
+def test_a_repeated_id_is_answered_once_across_the_pool(start_pool, broker, probe_factory):
+    pool = start_pool()
+    probe = probe_factory(broker, topics=(pool.reply,))
+    request = {"id": "again", "prompt": "[sim:tokens=3] once", "response_topic": pool.reply}
+    probe.publish(pool.prompt, request)
+    assert probe.final("again")["status"] == "ok"
+    for _ in range(3):  # round-robin gives each copy to another member
+        probe.publish(pool.prompt, request)
+    time.sleep(3.0)  # past the take-over of requests nobody took
+    assert len(probe.replies("again", "final")) == 1
+
+
 def test_the_member_records_show_node_load_and_model(start_pool, broker, probe_factory):
     pool = start_pool(max_pending=5)
     probe = probe_factory(broker, topics=(f"{pool.base}/pool/{pool.group}/members/+",))
