@@ -402,10 +402,13 @@ class PoolMember:
         except (ValueError, KeyError, TypeError) as err:
             log.warning("ignored a malformed pool ledger message: %s", err)
             return
+        mine = self.view.entries.get(entry.key)
         self.view.assigned(entry)
         if entry.owner == self.node and not self.host.pool_holds(entry.key):
             self._wanted_at = -WANT_RETRY_S
             self._adopt(entry, received)
+        elif entry.owner != self.node and self.host.pool_holds(entry.key):
+            self._settle(entry, mine)
         elif self._serving and self.view.peer(entry.owner).dead and self.view.is_reaper():
             # passed on to a member that had died meanwhile: nobody else will notice
             log.warning("%r was passed on to %s, which is offline; assigning it again", entry.key,
@@ -413,6 +416,17 @@ class PoolMember:
             request = self._parse(entry)
             if request is not None:
                 self._route(replace(entry, hops=0), request, received, accepted=True)
+
+    def _settle(self, theirs: Entry, mine: Entry | None) -> None:
+        """Two members took the same request (one was stalled past CLAIM_TIMEOUT_S): the smaller
+        node id keeps it, the other lets go of it while it is still queued."""
+        if theirs.owner < self.node:
+            if self.host.pool_release(theirs.key):
+                log.info("%r was taken by %s too; leaving it to them", theirs.key, theirs.owner)
+        elif mine is not None:
+            mine = replace(mine, owner=self.node)
+            self.view.assigned(mine)
+            self.mqtt.publish_raw(self.topics.ledger, mine.assign_message(self.node), qos=1)
 
     def _adopt(self, entry: Entry, received: float) -> None:
         """An entry that is ours now (passed on to us, or taken over from a dead member)."""
