@@ -6,11 +6,13 @@ work answered by another) rests on the members alone.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -21,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from rkllm_mqtt.commands.ask import ask
 from rkllm_mqtt.pool import Entry, PoolView
 from rkllm_mqtt.protocol import RequestPolicy, parse_request
 
@@ -258,6 +261,23 @@ def test_ask_pool_streams_the_answer_and_names_the_node(start_pool, broker, tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout == "tok0 tok1 tok2\n"
     assert any(f", node {n}]" in done.stderr for n in pool.nodes), done.stderr
+
+
+def test_ask_pool_sends_again_what_no_member_took(broker, daemon, daemon_settings):
+    base, group = f"b{uuid.uuid4().hex[:8]}", "late"
+    client_settings = daemon_settings(broker, mqtt={"base_topic": base})
+    out, err = io.StringIO(), io.StringIO()
+    result: list[int] = []
+    asking = threading.Thread(target=lambda: result.append(ask(
+        client_settings, "[sim:tokens=2] anyone?", pool=group, timeout=30, stream_to=out,
+        errors_to=err)))
+    asking.start()  # the first copy reaches no member: none is up yet
+    time.sleep(1.0)
+    member = daemon(broker, mqtt={"base_topic": base}, pool={"group": group})
+    asking.join(40)
+    assert result == [0], err.getvalue()
+    assert out.getvalue() == "tok0 tok1\n"
+    assert f", node {member.settings.mqtt.node_id}]" in err.getvalue()
 
 
 # ----------------------------------------------------------------------------- the view alone
