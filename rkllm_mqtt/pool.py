@@ -503,6 +503,10 @@ class PoolMember:
                   "running": int(running), "queued": queued, "capacity": capacity,
                   "model": model, "prompt": self.prompt_topic}
         data = _dumps(record)
+        if force:  # the same bytes from every member: a discovery topic that does not churn
+            self.mqtt.publish_raw(self.topics.config, _dumps({"group": self.topics.group,
+                                                              "prompt": self.topics.prompt}),
+                                  qos=1, retain=True)
         if force or data != self._last_record:
             self._last_record = data
             self.mqtt.publish_raw(self.topics.member(self.node), data, qos=1, retain=True)

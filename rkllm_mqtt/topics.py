@@ -81,6 +81,7 @@ class PoolTopics:
     prompt: str  # where clients send requests (members take them through `shared`)
     response: str  # replies to a pool request that names no response_topic
     members: str  # members/+: one retained record per member (node, load, model)
+    config: str  # retained, the same from every member: the pool exists (Home Assistant discovers it)
     ledger: str  # what each member took and finished, so the others can take over
     status: str  # <base_topic>/+/status: every daemon's availability (its MQTT will)
 
@@ -88,7 +89,7 @@ class PoolTopics:
     def build(cls, base_topic: str, group: str, prompt: str | None = None) -> PoolTopics:
         root = f"{base_topic}/pool/{group}"
         return cls(group=group, prompt=prompt or f"{root}/prompt", response=f"{root}/response",
-                   members=f"{root}/members", ledger=f"{root}/ledger",
+                   members=f"{root}/members", config=f"{root}/config", ledger=f"{root}/ledger",
                    status=f"{base_topic}/+/status")
 
     @classmethod

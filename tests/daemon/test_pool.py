@@ -235,8 +235,11 @@ def test_a_repeated_id_is_answered_once_across_the_pool(start_pool, broker, prob
 
 def test_the_member_records_show_node_load_and_model(start_pool, broker, probe_factory):
     pool = start_pool(max_pending=5)
-    probe = probe_factory(broker, topics=(f"{pool.base}/pool/{pool.group}/members/+",))
+    probe = probe_factory(broker, topics=(f"{pool.base}/pool/{pool.group}/members/+",
+                                          f"{pool.base}/pool/{pool.group}/config"))
     record = probe.wait_for(lambda m: m.topic.endswith("/members/b")).json
+    config = probe.wait_for(lambda m: m.topic.endswith("/config"))
+    assert config.retain and config.json == {"group": pool.group, "prompt": pool.prompt}
     assert record == {"node": "b", "online": True, "load": 0, "running": 0, "queued": 0,
                       "capacity": 6, "model": record["model"], "prompt": f"{pool.base}/b/prompt"}
     assert record["model"].endswith(".rkllm")

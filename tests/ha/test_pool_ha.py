@@ -83,7 +83,7 @@ async def test_a_pool_answers_as_one_agent_and_keeps_answering_with_a_member_gon
     await wait_for_state(hass, POOL_ENTITY, lambda state: state == STATE_UNAVAILABLE)
 
 
-async def test_a_pool_is_discovered_from_its_member_records_and_entered_by_hand(
+async def test_a_pool_is_discovered_from_its_config_and_entered_by_hand(
     ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
 ) -> None:
     hass = ha_with_mqtt
@@ -91,6 +91,8 @@ async def test_a_pool_is_discovered_from_its_member_records_and_entered_by_hand(
     record = {"node": "attic", "online": True, "load": 0, "running": 0, "queued": 0, "capacity": 9,
               "model": "m.rkllm", "prompt": f"{BASE_TOPIC}/attic/prompt"}
     member.publish(f"{BASE_TOPIC}/pool/{GROUP}/members/attic", json.dumps(record), retain=True)
+    config = {"group": GROUP, "prompt": POOL_PROMPT}
+    member.publish(f"{BASE_TOPIC}/pool/{GROUP}/config", json.dumps(config), retain=True)
 
     def pool_flows() -> list[dict]:
         return [f for f in hass.config_entries.flow.async_progress_by_handler(DOMAIN)
@@ -112,3 +114,4 @@ async def test_a_pool_is_discovered_from_its_member_records_and_entered_by_hand(
     assert result["data"] == {CONF_BASE_TOPIC: BASE_TOPIC, "pool": GROUP}
     await hass.async_block_till_done()
     member.publish(f"{BASE_TOPIC}/pool/{GROUP}/members/attic", "", retain=True)
+    member.publish(f"{BASE_TOPIC}/pool/{GROUP}/config", "", retain=True)

@@ -48,16 +48,15 @@ if TYPE_CHECKING:
 
 STATUS_SUFFIX = "/status"
 POOL_LEVEL = "/pool/"
-MEMBERS_LEVEL = "/members/"
+CONFIG_SUFFIX = "/config"
 
 
-def _split_member_topic(topic: str) -> tuple[str, str] | None:
-    """`<base>/pool/<group>/members/<node>` → (base, group); None for anything else."""
-    head, sep, node = topic.rpartition(MEMBERS_LEVEL)
-    base, sep2, group = head.rpartition(POOL_LEVEL)
-    if not (sep and sep2 and node and base and group) or "/" in group or "/" in node:
+def _split_pool_config_topic(topic: str) -> tuple[str, str] | None:
+    """`<base>/pool/<group>/config` (every member's retained announcement) → (base, group)."""
+    if not topic.endswith(CONFIG_SUFFIX):
         return None
-    return base, group
+    base, sep, group = topic[: -len(CONFIG_SUFFIX)].rpartition(POOL_LEVEL)
+    return (base, group) if sep and base and group and "/" not in group else None
 
 
 async def async_scan_pool(hass: HomeAssistant, base_topic: str, group: str) -> dict[str, bool]:
@@ -151,8 +150,8 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
         self._pool = ""
 
     async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
-        """A daemon published its status, or a pool member its record, on a manifest `mqtt` topic."""
-        pool = _split_member_topic(discovery_info.topic)
+        """A daemon published its status, or a pool member the pool's config, on a manifest topic."""
+        pool = _split_pool_config_topic(discovery_info.topic)
         if pool is not None:
             return await self._async_discovered_pool(pool, discovery_info.payload)
         parts = _split_status_topic(discovery_info.topic)
@@ -169,11 +168,11 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
 
     async def _async_discovered_pool(self, pool: tuple[str, str], payload: Any) -> ConfigFlowResult:
         try:
-            record = json.loads(payload) if payload else None
+            config = json.loads(payload) if payload else None
         except ValueError:
-            record = None
-        if not isinstance(record, dict) or record.get("online") is not True:
-            return self.async_abort(reason="not_online")
+            config = None
+        if not isinstance(config, dict):  # cleared: the pool is gone
+            return self.async_abort(reason="invalid_discovery_info")
         self._base_topic, self._pool = pool
         await self.async_set_unique_id(f"{self._base_topic}/pool/{self._pool}")
         self._abort_if_unique_id_configured()
