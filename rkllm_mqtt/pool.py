@@ -3,7 +3,7 @@
 The broker spreads the pool's requests over the members (an MQTT 5 shared subscription), but it
 does not balance them: Mosquitto hands them out round-robin whatever each member holds, and the
 requests it gave a member that dies (kill -9, power loss) are gone, never redelivered to another.
-So the members coordinate among themselves, over two kinds of topics:
+So the members coordinate among themselves, over these topics:
 
 - `<base>/pool/<group>/members/<node>`, retained: each member's load (running + queued), capacity
   (`queue.max_pending` + 1) and model. Whether it is alive is its `~/status`, which its MQTT will
@@ -11,6 +11,8 @@ So the members coordinate among themselves, over two kinds of topics:
 - `<base>/pool/<group>/ledger`: a member that keeps a request, or passes it on to a peer, says so
   (`assign`, with the request itself), and says `done` once its final reply is out. Every member
   holds the open entries of every other.
+- `<base>/pool/<group>/config`, retained, the same bytes from every member: the pool exists (Home
+  Assistant discovers pools there; the records change too often for that).
 
 Decisions, all taken by the member that holds a request:
 - Room: the broker's round-robin spreads requests as they arrive; a member that has no room for one
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 MAX_STICKY = 1024  # conversations whose last member is remembered
+MAX_ENTRIES = 10_000  # open entries kept (a `done` missed during a reconnect must not pile up)
 CLAIM_TIMEOUT_S = 2.0  # a pool request no member has taken for this long is taken over
 WANT_RETRY_S = 0.5  # an idle member asks again for work after this long without an answer
 
@@ -115,7 +118,7 @@ class Entry:
 
     @classmethod
     def from_assign(cls, obj: dict[str, Any]) -> Entry:
-        """Raises ValueError (KeyError, TypeError included) on a malformed ledger message."""
+        """Raises ValueError, KeyError or TypeError on a malformed ledger message."""
         request, owner, hops = obj["request"], obj["node"], obj.get("hops", 0)
         if not isinstance(request, dict) or not isinstance(owner, str) or not isinstance(hops, int):
             raise ValueError("an assign needs request (object), node (string) and hops (integer)")
@@ -173,7 +176,10 @@ class PoolView:
         return min([self.node] + [m.node for m in self.live_peers()]) == self.node
 
     def assigned(self, entry: Entry) -> None:
+        self.entries.pop(entry.key, None)  # re-inserted last: the oldest entry is evicted first
         self.entries[entry.key] = entry
+        while len(self.entries) > MAX_ENTRIES:
+            del self.entries[next(iter(self.entries))]
         self.unclaimed.pop(entry.key, None)
         if entry.conversation is not None:
             self._sticky[entry.conversation] = entry.owner
