@@ -204,10 +204,14 @@ class PoolView:
         return taken if self.is_reaper() else []
 
     def duplicate(self, key: str) -> bool:
-        """Open on a live member (this one included), or answered recently."""
+        """Not to be taken here: open on a live member (this one included), open on a dead one
+        whose entries the reaper assigns again (unless this member is the reaper), or answered
+        recently. A broker that redelivers a dead member's share (EMQX may) then adds no answer."""
         entry = self.entries.get(key)
-        if entry is not None and (entry.owner == self.node or self.peer(entry.owner).live):
-            return True
+        if entry is not None:
+            owner = self.peer(entry.owner)
+            if entry.owner == self.node or owner.live or (owner.dead and not self.is_reaper()):
+                return True
         return self._done.seen(key)
 
     def choose(self, own_load: int, own_capacity: int, *, conversation: str | None = None) -> str:

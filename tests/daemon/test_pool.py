@@ -329,13 +329,14 @@ def test_the_smallest_live_node_takes_over_a_dead_members_entries():
     view.assigned(Entry.of(request, "c"))
     assert view.duplicate("x")
     assert [e.key for e in view.on_status("c", False)] == ["x"]  # a < b
-    assert not view.duplicate("x")  # its owner is dead: a retry may take it
+    assert not view.duplicate("x")  # its owner is dead and a is the reaper: a may take a copy
     other = _view(b=(0, 3))
     other.node = "b"
     other.on_record("a", {"online": True, "load": 0, "capacity": 3})
     other.on_status("a", True)
     other.assigned(Entry.of(request, "c"))
     assert other.on_status("c", False) == []  # b leaves it to a
+    assert other.duplicate("x")  # and a copy of it, redelivered or repeated, too
 
 
 def test_a_conversation_goes_back_to_the_member_that_took_its_last_turn():
