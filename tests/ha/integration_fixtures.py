@@ -100,7 +100,8 @@ class Daemon:
                 self.proc.wait()
 
 
-def _daemon_config(broker: Broker, workdir: Path, node_id: str, **runtime: object) -> Path:
+def _daemon_config(broker: Broker, workdir: Path, node_id: str, pool: str | None = None,
+                   **runtime: object) -> Path:
     from rkllm_mqtt.simulator import build_simulator, sim_model_file
 
     library = build_simulator("1.2")
@@ -109,6 +110,8 @@ def _daemon_config(broker: Broker, workdir: Path, node_id: str, **runtime: objec
         "runtime": {"library": str(library), "model": str(sim_model_file()), "abi": "1.2", **runtime},
         "homeassistant": {"discovery": True},
     }
+    if pool is not None:
+        settings["pool"] = {"group": pool}
     lines: list[str] = []
     for section, values in settings.items():
         lines.append(f"[{section}]")
@@ -124,8 +127,9 @@ def start_daemon(mqtt_broker: Broker, tmp_path: Path) -> Iterator[Callable[..., 
     daemons: list[Daemon] = []
     watchers: list[OutsideClient] = []
 
-    def start(node_id: str = NODE_ID, env: dict[str, str] | None = None, **runtime: object) -> Daemon:
-        config = _daemon_config(mqtt_broker, tmp_path, node_id, **runtime)
+    def start(node_id: str = NODE_ID, env: dict[str, str] | None = None, pool: str | None = None,
+              **runtime: object) -> Daemon:
+        config = _daemon_config(mqtt_broker, tmp_path, node_id, pool, **runtime)
         log_file = tmp_path / f"daemon-{node_id}.log"
         watcher = connect_outside_client(mqtt_broker, f"watch-{node_id}-{len(watchers)}")
         watchers.append(watcher)
