@@ -41,6 +41,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -61,7 +62,7 @@ from rkllm_mqtt.runtime.contract import (
     ToolCall,
     Usage,
 )
-from rkllm_mqtt.tool_requests import Tools, parse_tools, tool_message
+from rkllm_mqtt.tool_requests import Tools, parse_tools, tool_message, tools_list
 
 MAX_ID_CHARS = 128
 MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
@@ -157,7 +158,9 @@ class Request(BaseModel):
     ttl_s: Annotated[float, Field(gt=0.0, le=FLOAT32_MAX)] | None = None
     stop: Annotated[tuple[_NonEmpty, ...], BeforeValidator(_one_or_more),
                     Field(max_length=MAX_STOP_SEQUENCES)] = ()
-    tools: Annotated[Tools | None, BeforeValidator(parse_tools)] = None
+    # Written back as the list it was given (a pool member passes a request on as JSON).
+    tools: Annotated[Tools | None, BeforeValidator(parse_tools),
+                     PlainSerializer(tools_list, when_used="json")] = None
 
     _target: ReplyTarget = PrivateAttr()
     _client_id_given: bool = PrivateAttr(default=False)

@@ -360,3 +360,23 @@ def test_an_entry_carries_the_whole_request_to_the_next_member():
     assert copy.target == request.target
     assert copy.messages == request.messages and copy.stop == ("x",)
     assert copy.priority == request.priority
+
+
+def test_an_entry_carries_tools_and_tool_turns_to_the_next_member():
+    """A passed-on or taken-over request is parsed again from the ledger: its tools must survive."""
+    tools = [{"type": "function", "function": {"name": "HassTurnOn", "description": "Turn on",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "name": {"type": "string"}}}}}]
+    chat = [{"role": "user", "content": "Light on"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call1", "type": "function",
+                 "function": {"name": "HassTurnOn", "arguments": '{"name": "lamp"}'}}]},
+            {"role": "tool", "tool_call_id": "call1", "name": "HassTurnOn", "content": '{"ok": true}'}]
+    request = parse_request(json.dumps({"id": "t1", "messages": chat, "tools": tools,
+                                        "response_topic": "r/reply/me"}).encode(), POLICY)
+    entry = Entry.from_assign(json.loads(Entry.of(request, "a").assign_message("a")))
+    copy = parse_request(json.dumps(entry.request).encode(), POLICY)
+    assert copy.tools == request.tools and copy.tools is not None
+    assert copy.tools.names == ("HassTurnOn",)
+    assert copy.messages == request.messages
+    assert copy.messages[1].tool_calls[0].arguments == {"name": "lamp"}
