@@ -115,3 +115,35 @@ async def test_a_pool_is_discovered_from_its_config_and_entered_by_hand(
     await hass.async_block_till_done()
     member.publish(f"{BASE_TOPIC}/pool/{GROUP}/members/attic", "", retain=True)
     member.publish(f"{BASE_TOPIC}/pool/{GROUP}/config", "", retain=True)
+
+
+async def test_a_pools_limits_are_the_smallest_any_live_member_announces(
+    ha_with_mqtt: HomeAssistant, outside_client: Callable[[], OutsideClient]
+) -> None:
+    hass = ha_with_mqtt
+    members = outside_client()
+    announced = {"attic": {"max_prompt_chars": 4000, "max_payload_bytes": 65536},
+                 "cellar": {"max_prompt_chars": 9000, "max_payload_bytes": 20000,
+                            "max_context_tokens": 2048}}
+    for node, limits in announced.items():
+        record = {"node": node, "online": True, "load": 0, "running": 0, "queued": 0, "capacity": 9,
+                  "model": "m.rkllm", "prompt": f"{BASE_TOPIC}/{node}/prompt"}
+        members.publish(f"{BASE_TOPIC}/pool/{GROUP}/members/{node}", json.dumps(record), retain=True)
+        members.publish(f"{BASE_TOPIC}/{node}/state", json.dumps({"limits": limits}), retain=True)
+        members.publish(f"{BASE_TOPIC}/{node}/status", "online", retain=True)
+    entry = await _setup_pool(hass)
+    client = entry.runtime_data
+    await wait_until(hass, lambda: client.members == ["attic", "cellar"], "both members live")
+    limits = await wait_until(hass, lambda: client.limits if client.limits.max_context_tokens else None,
+                              "both members' limits")
+    assert (limits.max_prompt_chars, limits.max_payload_bytes, limits.max_context_tokens) == \
+        (4000, 20000, 2048)
+
+    # attic goes offline: what is left is cellar's
+    members.publish(f"{BASE_TOPIC}/attic/status", "offline", retain=True)
+    await wait_until(hass, lambda: client.limits.max_prompt_chars == 9000, "cellar's limits alone")
+    assert client.limits.max_payload_bytes == 20000
+
+    for node in announced:
+        for topic in (f"pool/{GROUP}/members/{node}", f"{node}/state", f"{node}/status"):
+            members.publish(f"{BASE_TOPIC}/{topic}", "", retain=True)

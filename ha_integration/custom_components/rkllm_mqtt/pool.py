@@ -4,18 +4,21 @@ Requests go to the pool's prompt topic and the members decide which of them answ
 holds no scheduling of its own. What differs from one daemon is whom it watches: the pool is
 available while at least one member is (its retained record says `online` and its status is
 `online`), a member that dies while answering does not fail the request (another member takes it
-over and answers it), and an abort goes to the member that last said it holds the request.
+over and answers it), an abort goes to the member that last said it holds the request, and the
+limits a request must stay within are the smallest any live member announces (any of them may be
+the one that answers).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
 
-from .client import RkllmClient
+from .client import Limits, RkllmClient, limits_of
 from .const import DEVICE_MANUFACTURER, DOMAIN, LOGGER, STATUS_ONLINE
 
 CONF_POOL = "pool"
@@ -50,6 +53,7 @@ class RkllmPoolClient(RkllmClient):
         self._serving: dict[str, bool] = {}  # node -> its record says it takes work
         self._status: dict[str, bool] = {}  # node -> its status is online
         self._holders: dict[str, str] = {}  # request id -> the member that said it took it
+        self._limits: dict[str, Limits] = {}  # node -> the limits its ~/state announces
 
     @property
     def members(self) -> list[str]:
@@ -61,6 +65,8 @@ class RkllmPoolClient(RkllmClient):
             await mqtt.async_subscribe(self.hass, members_topic(self._base_topic, self.group),
                                        self._on_record, qos=1),
             await mqtt.async_subscribe(self.hass, f"{self._base_topic}/+/status", self._on_member_status,
+                                       qos=1),
+            await mqtt.async_subscribe(self.hass, f"{self._base_topic}/+/state", self._on_member_state,
                                        qos=1),
             await mqtt.async_subscribe(self.hass, self.reply_topic, self._on_reply, qos=1),
             mqtt.async_subscribe_connection_status(self.hass, self._on_connection),
@@ -74,6 +80,7 @@ class RkllmPoolClient(RkllmClient):
         except ValueError:
             record = None
         self._serving[node] = isinstance(record, dict) and record.get("online") is True
+        self._update_limits()
         self._set_online(bool(self.members))
 
     @callback
@@ -82,7 +89,29 @@ class RkllmPoolClient(RkllmClient):
         self._status[node] = msg.payload == STATUS_ONLINE
         if node in self._serving:
             LOGGER.debug("Pool %s member %s is %s", self.prefix, node, msg.payload)
+        self._update_limits()
         self._set_online(bool(self.members))
+
+    @callback
+    def _on_member_state(self, msg: mqtt.ReceiveMessage) -> None:
+        """Every daemon's limits are kept; only the members' count (see `_update_limits`)."""
+        limits = limits_of(msg.payload)
+        if limits is not None:
+            self._limits[msg.topic.rsplit("/", 2)[-2]] = limits
+            self._update_limits()
+
+    @callback
+    def _update_limits(self) -> None:
+        """Each limit is the smallest the live members announce; the defaults while none does."""
+        announced = [self._limits[node] for node in self.members if node in self._limits]
+        if not announced:
+            self.limits = Limits()
+            return
+        values = {}
+        for field in fields(Limits):
+            given = [v for limits in announced if (v := getattr(limits, field.name)) is not None]
+            values[field.name] = min(given) if given else None
+        self.limits = Limits(**values)
 
     @callback
     def _on_reply(self, msg: mqtt.ReceiveMessage) -> None:
