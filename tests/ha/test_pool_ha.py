@@ -13,6 +13,7 @@ from homeassistant.const import STATE_UNAVAILABLE
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from integration_fixtures import BASE_TOPIC, Daemon, rkllm_const, wait_for_state
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
@@ -50,8 +51,13 @@ async def test_a_pool_answers_as_one_agent_and_keeps_answering_with_a_member_gon
     daemons = {node: start_daemon(node, pool=GROUP) for node in ("attic", "cellar")}
     entry = await _setup_pool(hass)
     await wait_for_state(hass, POOL_ENTITY, lambda state: state != STATE_UNAVAILABLE)
-    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, entry.entry_id)})
+    # The pool's own service device (looked up through the entity: HA 2026.x deprecates lookups
+    # by identifier alone), linked to no member's device.
+    device_id = er.async_get(hass).async_get(POOL_ENTITY).device_id
+    device = dr.async_get(hass).async_get(device_id) if device_id else None
     assert device is not None and device.name == f"RKLLM pool {GROUP}"
+    assert device.identifiers == {(DOMAIN, entry.entry_id)} and device.via_device_id is None
+    assert device.entry_type is dr.DeviceEntryType.SERVICE
 
     first = await _ask(hass, "Who answers?")
     request = json.loads((await spy.next_message(POOL_PROMPT)).payload)
