@@ -65,7 +65,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         return ask(settings, args.text, timeout=args.timeout, stream=not args.no_stream,
-                   system=args.system, conversation=args.conversation, tools=tools)
+                   system=args.system, conversation=args.conversation, tools=tools,
+                   pool=args.pool)
     except MqttConnectError as err:  # no broker: the question failed, the runtime is not at fault
         print(f"rkllm-mqtt: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", type=Path, default=None, metavar="FILE",
                    help="a JSON file with a list of OpenAI-form tools to offer; the reply's tool "
                         "calls are printed as JSON lines")
+    p.add_argument("--pool", default=None, metavar="GROUP",
+                   help="send to the pool GROUP (<base_topic>/pool/GROUP/prompt) instead of one daemon; "
+                        "resent with the same id when no member holds it")
     p = command("demo", "broker + simulator + daemon on this machine, then one prompt", _cmd_demo,
                 config=False)
     p.add_argument("--abi", default="1.2", choices=["1.1", "1.2.0", "1.2", "1.3"],

@@ -235,6 +235,29 @@ class ConversationSettings(_Section):
     max_chars: int = Field(16000, ge=100)
 
 
+class PoolSettings(_Section):
+    """Membership of a pool: daemons that serve one prompt topic through a shared subscription."""
+
+    group: str | None = None  # off by default; a topic level such as "house"
+    topic: str | None = None  # default <base_topic>/pool/<group>/prompt
+    max_hops: int = Field(2, ge=0, le=8)  # how often a request may be passed on to a peer
+
+    @field_validator("group")
+    @classmethod
+    def _valid_group(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC_LEVEL.match(value):
+            raise ValueError("may only contain letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _valid_topic(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(ch in value for ch in "#+")
+                                  or value.startswith(("/", "$")) or value.endswith("/")):
+            raise ValueError("must be a plain topic without wildcards, '$' or leading/trailing '/'")
+        return value
+
+
 class Settings(BaseSettings):
     """The whole configuration, from TOML (`--config`) overridden by the environment."""
 
@@ -251,6 +274,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     conversation: ConversationSettings = ConversationSettings()
+    pool: PoolSettings = PoolSettings()
 
     @classmethod
     def settings_customise_sources(

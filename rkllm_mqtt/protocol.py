@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -41,6 +41,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -61,7 +62,7 @@ from rkllm_mqtt.runtime.contract import (
     ToolCall,
     Usage,
 )
-from rkllm_mqtt.tool_requests import Tools, parse_tools, tool_message
+from rkllm_mqtt.tool_requests import Tools, parse_tools, tool_message, tools_list
 
 MAX_ID_CHARS = 128
 MAX_ID_INT = 2**53  # integer ids a JSON client in any language can hold exactly
@@ -83,6 +84,7 @@ class ReplyTarget:
     id: str | int | None
     topic: str
     correlation_data: bytes | None = None
+    node: str | None = None  # the daemon that answers: every reply says so (a pool has many)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,9 @@ class Request(BaseModel):
     ttl_s: Annotated[float, Field(gt=0.0, le=FLOAT32_MAX)] | None = None
     stop: Annotated[tuple[_NonEmpty, ...], BeforeValidator(_one_or_more),
                     Field(max_length=MAX_STOP_SEQUENCES)] = ()
-    tools: Annotated[Tools | None, BeforeValidator(parse_tools)] = None
+    # Written back as the list it was given (a pool member passes a request on as JSON).
+    tools: Annotated[Tools | None, BeforeValidator(parse_tools),
+                     PlainSerializer(tools_list, when_used="json")] = None
 
     _target: ReplyTarget = PrivateAttr()
     _client_id_given: bool = PrivateAttr(default=False)
@@ -240,6 +244,7 @@ class RequestPolicy:
     reserved_topics: frozenset[str] = field(default_factory=frozenset)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    node: str | None = None  # `mqtt.node_id`, written into every reply
 
 
 class RequestRejected(Exception):
@@ -262,8 +267,11 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 
 def reply(target: ReplyTarget, **fields: Any) -> Outgoing:
-    """The one builder of every reply: id first, then the fields; correlation data alongside."""
-    return Outgoing(target.topic, _dumps({"id": target.id, **fields}), target.correlation_data)
+    """The one builder of every reply: id first, then the fields and the node; correlation data alongside."""
+    body = {"id": target.id, **fields}
+    if target.node is not None:
+        body["node"] = target.node
+    return Outgoing(target.topic, _dumps(body), target.correlation_data)
 
 
 def token_reply(target: ReplyTarget, seq: int, text: str) -> Outgoing:
@@ -363,9 +371,9 @@ def parse_request(
     `response_topic` / `correlation_data` are the MQTT 5 properties of the PUBLISH, if any; a JSON
     `response_topic` field takes precedence over the property.
     """
-    target = ReplyTarget(None, policy.default_topic, correlation_data)
+    target = ReplyTarget(None, policy.default_topic, correlation_data, policy.node)
     if response_topic is not None and check_response_topic(response_topic, policy) is None:
-        target = ReplyTarget(None, response_topic, correlation_data)
+        target = replace(target, topic=response_topic)
     if len(payload) > policy.max_payload_bytes:
         raise RequestRejected(
             ErrorCode.PAYLOAD_TOO_LARGE,
@@ -386,7 +394,7 @@ def parse_request(
         raise RequestRejected(ErrorCode.INVALID_REQUEST,
                               "a JSON request must be an object ({...}), not an array", target)
     if not stripped.startswith("{"):
-        target = ReplyTarget(new_request_id(), target.topic, correlation_data)
+        target = replace(target, id=new_request_id())
         _check_size(len(stripped), policy, target)
         return Request(prompt=stripped).addressed(target, client_id_given=False, plain=True)
     try:
@@ -411,13 +419,12 @@ def _from_json(obj: dict[str, Any], policy: RequestPolicy, target: ReplyTarget) 
     except ValidationError as err:
         raise _rejection(err, obj, policy, target) from None
     given = request.client_id is not None
-    target = ReplyTarget(request.client_id if given else new_request_id(), target.topic,
-                         target.correlation_data)
+    target = replace(target, id=request.client_id if given else new_request_id())
     if request.response_topic is not None:
         why = check_response_topic(request.response_topic, policy)
         if why is not None:
             raise RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
-        target = ReplyTarget(target.id, request.response_topic, target.correlation_data)
+        target = replace(target, topic=request.response_topic)
     # The contract's measure (README): prompt + every message's content + system. A client that
     # cuts its history to fit it must never be refused, so tool-call arguments do not count here
     # (they are bounded by the payload size, MAX_TOOL_CALLS and the nesting limit).
@@ -439,13 +446,12 @@ def _rejection(err: ValidationError, obj: dict[str, Any], policy: RequestPolicy,
         if error["loc"][:1] == ("id",):
             return RequestRejected(ErrorCode.INVALID_REQUEST, _sentence(error), target)
     raw_id = obj.get("id")
-    target = ReplyTarget(new_request_id() if raw_id is None else raw_id, target.topic,
-                         target.correlation_data)
+    target = replace(target, id=new_request_id() if raw_id is None else raw_id)
     topic = obj.get("response_topic")
     if isinstance(topic, str) and (why := check_response_topic(topic, policy)) is not None:
         return RequestRejected(ErrorCode.FORBIDDEN_TOPIC, why, target)
     if isinstance(topic, str):
-        target = ReplyTarget(target.id, topic, target.correlation_data)
+        target = replace(target, topic=topic)
     return RequestRejected(ErrorCode.INVALID_REQUEST, _sentence(errors[0]), target)
 
 

@@ -45,15 +45,17 @@ class Scheduler(Generic[T]):
         return key in self._by_key
 
     def submit(self, key: str, item: T, *, priority: Priority, deadline: float | None,
-               runs_now: bool = False) -> None:
+               runs_now: bool = False, force: bool = False) -> None:
         """Queue `item`; raises QueueFull when full, ValueError when `key` is already queued.
 
         `runs_now` (the NPU is idle and nothing waits) admits it even with `max_pending = 0`,
-        which then means "no waiting room", not "refuse everything".
+        which then means "no waiting room", not "refuse everything". `force` admits it over the
+        bound: a request another member of a pool already accepted must not become `queue_full`.
         """
         if key in self._by_key:
             raise ValueError(f"{key!r} is already queued")
-        if len(self._by_key) >= self.max_pending and not (runs_now and not self._by_key):
+        if len(self._by_key) >= self.max_pending and not force \
+                and not (runs_now and not self._by_key):
             raise QueueFull(f"{len(self._by_key)} requests already waiting "
                             f"(queue.max_pending = {self.max_pending})")
         entry = _Entry(key, item, deadline)

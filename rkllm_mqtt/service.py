@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from rkllm_mqtt.config import RuntimeSettings, Settings
@@ -42,6 +42,7 @@ from rkllm_mqtt.errors import RkllmMqttError, one_line
 from rkllm_mqtt.ha_outputs import HomeAssistantOutputs
 from rkllm_mqtt.memory import HeapTrimmer
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
+from rkllm_mqtt.pool import PoolMember
 from rkllm_mqtt.protocol import (
     Outgoing,
     ReplyTarget,
@@ -68,7 +69,7 @@ from rkllm_mqtt.runtime.contract import (
 )
 from rkllm_mqtt.scheduler import QueueFull, RecentIds, Scheduler
 from rkllm_mqtt.sdnotify import Notifier
-from rkllm_mqtt.topics import Topics
+from rkllm_mqtt.topics import PoolTopics, Topics
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Service:
             reserved_topics=self.topics.own,
             max_payload_bytes=settings.limits.max_payload_bytes,
             max_prompt_chars=settings.limits.max_prompt_chars,
+            node=m.node_id,
         )
         self.notifier = notifier or Notifier({})
         self.engine = engine_factory(settings.runtime, self._on_engine_event)
@@ -137,9 +139,22 @@ class Service:
         subscriptions = list(self.topics.commands)
         if settings.homeassistant.discovery:
             subscriptions.append(settings.homeassistant.status_topic)
+        pool_topics = PoolTopics.of(settings)
+        if pool_topics is not None:
+            subscriptions += pool_topics.subscriptions
         self.mqtt = MqttClient(m, availability_topic=self.topics.status,
                                subscriptions=subscriptions, on_message=self._on_message,
                                on_connected=lambda: self._post(self._on_connected))
+        self.pool: PoolMember | None = None
+        if pool_topics is not None:
+            pool_policy = replace(
+                self.policy, default_topic=pool_topics.response,
+                allowed_response_topics=(*self.policy.allowed_response_topics, pool_topics.response),
+                reserved_topics=self.policy.reserved_topics | {pool_topics.prompt, pool_topics.ledger})
+            self.pool = PoolMember(pool_topics, node=m.node_id, prompt_topic=self.topics.prompt,
+                                   max_hops=settings.pool.max_hops,
+                                   dedupe_window_s=settings.queue.dedupe_window_s,
+                                   mqtt=self.mqtt, policy=pool_policy, host=self, post=self._post)
         self.outputs = HomeAssistantOutputs(self.mqtt, self.topics, settings)
         q = settings.queue
         self._scheduler: Scheduler[Job] = Scheduler(q.max_pending)
@@ -170,6 +185,8 @@ class Service:
               connect_attempts: int | None = None) -> None:
         """Connect (retrying), publish availability/discovery/state, load the model, serve."""
         self.mqtt.connect(attempts=connect_attempts, stop=stop)
+        if self.pool is not None:
+            self.pool.start(attempts=connect_attempts, stop=stop)
         # Announce now, before a model load that can take a minute; the loop then skips the
         # announcement the first connect queued for it, so Home Assistant sees one per start.
         self._publish_discovery()
@@ -181,6 +198,8 @@ class Service:
             self._state = "error"
             self._publish_state()
             self.mqtt.close(timeout=SHUTDOWN_FLUSH_S)
+            if self.pool is not None:
+                self.pool.close()
             raise
         self._conversations.kv_cache = (self._info.supports_history
                                         and self.settings.runtime.keep_history)
@@ -204,6 +223,8 @@ class Service:
                 log.error("the running request did not end within %.0f s; closing anyway", limit)
         try:
             self.mqtt.close(timeout=SHUTDOWN_FLUSH_S)
+            if self.pool is not None:
+                self.pool.close()
         finally:
             self.engine.close()
         log.info("stopped")
@@ -228,6 +249,9 @@ class Service:
 
     def _on_message(self, msg: InMessage) -> None:
         self._heap.received += len(msg.payload)
+        if self.pool is not None and self.pool.handles(msg.topic):
+            self.pool.on_message(msg, time.monotonic())
+            return
         if msg.retain and msg.topic in self.topics.commands:
             # A retained command would be replayed at every (re)connect: run once, then forever.
             log.warning("ignored a retained message on %s (publish commands without retain; "
@@ -242,7 +266,8 @@ class Service:
                 return
             except Exception:  # a parser bug must still answer the client, never go silent
                 log.exception("could not parse a request on %s", msg.topic)
-                target = ReplyTarget(None, self.policy.default_topic, msg.correlation_data)
+                target = ReplyTarget(None, self.policy.default_topic, msg.correlation_data,
+                                     self.policy.node)
                 self._post(partial(self._reject, RequestRejected(
                     ErrorCode.INVALID_REQUEST, "the request could not be read", target)))
                 return
@@ -320,6 +345,8 @@ class Service:
                            f"({self.settings.queue.request_timeout_s:g} s)")
             self._abort_running("deadline", message)
         self._dispatch()
+        if self.pool is not None:
+            self.pool.tick(now)
         if self._running is None:
             self._heap.maybe_trim()  # idle: give large payloads' pages back (RSS stays flat)
         self._publish_state()
@@ -332,22 +359,58 @@ class Service:
                                finish_reason="abort")
             return
         key = request.key
-        running = self._running is not None and self._running.key == key
-        if request.client_id_given and (running or key in self._scheduler or
-                                        self._recent.seen(key, received)):
+        if request.client_id_given and (self.pool_holds(key) or self._recent.seen(key, received)):
             log.info("duplicate request id %r ignored (already answered or in progress)", key)
             return
+        self._admit(request, received)
+
+    def _admit(self, request: Request, received: float, *, force: bool = False) -> bool:
+        """Queue a request (`force`: even over queue.max_pending); False when refused (and answered)."""
+        key = request.key
         new = request.chat
         deadline = received + request.ttl_s if request.ttl_s is not None else None
         job = Job(request, received, deadline, new)
         try:
             self._scheduler.submit(key, job, priority=request.priority, deadline=deadline,
-                                   runs_now=self._running is None and self._ready)
+                                   runs_now=self._running is None and self._ready, force=force)
         except QueueFull as err:
             self._answer_error(request, ErrorCode.QUEUE_FULL, str(err))
-            return
+            return False
         if request.client_id_given:
             self._recent.add(key, received)
+        return True
+
+    # ------------------------------------------------------------------ the pool's hooks (PoolHost)
+
+    def pool_load(self) -> tuple[int, int]:
+        capacity = self.settings.queue.max_pending + 1
+        if not (self._ready and self.engine.ready):  # loading: as good as full
+            return capacity, capacity
+        return int(self._running is not None) + len(self._scheduler), capacity
+
+    def pool_holds(self, key: str) -> bool:
+        return (self._running is not None and self._running.key == key) \
+            or key in self._scheduler
+
+    def pool_take(self, request: Request, received: float, *, force: bool = False) -> bool:
+        if self._stopping:
+            self._answer_error(request, ErrorCode.ABORTED, "the daemon is shutting down",
+                               finish_reason="abort")
+            return False
+        return self._admit(request, received, force=force)
+
+    def pool_queued(self) -> list[Request]:
+        return [job.request for job in reversed(list(self._scheduler))]
+
+    def pool_release(self, key: str) -> bool:
+        return self._scheduler.cancel(key) is not None
+
+    def pool_keeps(self, request: Request) -> bool:
+        conv = request.conversation
+        return conv is not None and bool(self._conversations.history(conv))
+
+    def pool_reject(self, rejected: RequestRejected) -> None:
+        self._reject(rejected)
 
     def _reject(self, rejected: RequestRejected) -> None:
         log.info("rejected request %r: %s: %s", rejected.target.id, rejected.code, rejected.message)
@@ -486,6 +549,8 @@ class Service:
                       error: tuple[ErrorCode, str] | None = None) -> None:
         """Publish a final reply and account for it (counters, `~/event` for errors)."""
         self.mqtt.publish(out)
+        if self.pool is not None and request_id is not None:
+            self.pool.answered(str(request_id))
         self._stats.requests_total += 1
         if error is None:
             return
@@ -534,6 +599,13 @@ class Service:
 
     def _publish_state(self, *, force: bool = False) -> None:
         self.outputs.state(self.state_payload(), force=force)
+        self._publish_pool_record(force=force)
+
+    def _publish_pool_record(self, *, force: bool) -> None:
+        if self.pool is not None:
+            self.pool.publish_record(running=self._running is not None, queued=len(self._scheduler),
+                                     capacity=self.settings.queue.max_pending + 1,
+                                     model=self._info.model, ready=self._ready, force=force)
 
     def _publish_discovery(self) -> None:
         self.outputs.discovery(self._info.model)
@@ -547,6 +619,7 @@ class Service:
 
     def _announce(self) -> None:
         self.outputs.announce(self.state_payload(), self._info.model)
+        self._publish_pool_record(force=True)
 
     def _on_ha_online(self) -> None:
         if self._rediscovery_pending:  # one re-announcement however often "online" arrives
@@ -565,6 +638,8 @@ class Service:
             return
         self._stopping = True
         self.mqtt.unsubscribe(self.topics.prompt)
+        if self.pool is not None:
+            self.pool.leave()
         for job in self._scheduler.drain():
             self._answer_error(job.request, ErrorCode.ABORTED,
                                "the daemon is shutting down; the request did not run",

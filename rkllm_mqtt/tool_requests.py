@@ -34,6 +34,11 @@ class Tools:
     names: tuple[str, ...]
 
 
+def tools_list(tools: Tools | None) -> list[Any] | None:
+    """The request's `tools` again, in the form `parse_tools` takes."""
+    return None if tools is None else json.loads(tools.json)
+
+
 def parse_tools(value: Any) -> Tools | None:
     """Validate `tools`; an empty list means none."""
     if value is None:

@@ -67,3 +67,53 @@ class Topics:
         if not isinstance(value, str):
             raise KeyError(name)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTopics:
+    """The topics of one pool (`[pool] group`): shared by its members and its clients.
+
+    Everything but the prompt topic lives under `<base_topic>/pool/<group>/`, so a client that
+    knows the base topic and the group finds the members, their load and the pool's replies.
+    """
+
+    group: str
+    prompt: str  # where clients send requests (members take them through `shared`)
+    response: str  # replies to a pool request that names no response_topic
+    members: str  # members/+: one retained record per member (node, load, model)
+    config: str  # retained, the same from every member: the pool exists (Home Assistant discovers it)
+    ledger: str  # what each member took and finished, so the others can take over
+    status: str  # <base_topic>/+/status: every daemon's availability (its MQTT will)
+
+    @classmethod
+    def build(cls, base_topic: str, group: str, prompt: str | None = None) -> PoolTopics:
+        root = f"{base_topic}/pool/{group}"
+        return cls(group=group, prompt=prompt or f"{root}/prompt", response=f"{root}/response",
+                   members=f"{root}/members", config=f"{root}/config", ledger=f"{root}/ledger",
+                   status=f"{base_topic}/+/status")
+
+    @classmethod
+    def of(cls, settings: Settings) -> PoolTopics | None:
+        """The pool this daemon is a member of; None when `[pool] group` is not set."""
+        pool = settings.pool
+        if pool.group is None:
+            return None
+        return cls.build(settings.mqtt.base_topic, pool.group, pool.topic)
+
+    @property
+    def shared(self) -> str:
+        """The shared subscription (MQTT 5, 4.8.2): the broker gives each request to one member."""
+        return f"$share/{self.group}/{self.prompt}"
+
+    def member(self, node: str) -> str:
+        return f"{self.members}/{node}"
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """What a member subscribes to on its main connection."""
+        return (self.shared, f"{self.members}/+", self.ledger, self.status)
+
+    @staticmethod
+    def node_of_status(topic: str) -> str:
+        """`<base>/<node>/status` -> node."""
+        return topic.rsplit("/", 2)[-2]

@@ -15,15 +15,21 @@ import queue
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from paho.mqtt.client import topic_matches_sub
 
 from rkllm_mqtt.config import Settings
 from rkllm_mqtt.exitcodes import EXIT_FAILURE, EXIT_OK
 from rkllm_mqtt.mqtt_client import InMessage, MqttClient
-from rkllm_mqtt.topics import Topics
+from rkllm_mqtt.topics import PoolTopics, Topics
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5.0  # a pool request nobody has taken for this long is sent again (same id)
+MAX_RESENDS = 3
 
 
 def load_tools(path: Path) -> list[Any]:
@@ -49,16 +55,21 @@ def ask(
     system: str | None = None,
     conversation: str | None = None,
     tools: list[Any] | None = None,
+    pool: str | None = None,
     stream_to: TextIO | None = None,
     errors_to: TextIO | None = None,
 ) -> int:
-    """Send `text`, print the answer (streamed when `stream`), return 0 on an ok final reply."""
+    """Send `text`, print the answer (streamed when `stream`), return 0 on an ok final reply.
+
+    With `pool` the request goes to that pool's topic, and is sent again, with the same id, when
+    nothing took it within RETRY_AFTER_S, or when the member that took it went offline and no
+    other member took it over within RETRY_AFTER_S: the members answer one id once.
+    """
     out = stream_to or sys.stdout
     err = errors_to or sys.stderr
     client_id = f"rkllm-ask-{uuid.uuid4().hex[:10]}"
     topics = Topics.of(settings)
     reply_topic = f"{topics.reply_base}/{client_id}"
-    status_topic = topics.status
     request_id = uuid.uuid4().hex
     request: dict[str, Any] = {"id": request_id, "prompt": text, "stream": stream,
                                "response_topic": reply_topic}
@@ -68,57 +79,121 @@ def ask(
         request["conversation"] = conversation
     if tools is not None:
         request["tools"] = tools
+    if pool is None:
+        prompt_topic, status_topic = topics.prompt, topics.status
+    else:
+        own = PoolTopics.of(settings)
+        pool_topics = own if own is not None and own.group == pool else \
+            PoolTopics.build(settings.mqtt.base_topic, pool)
+        prompt_topic, status_topic = pool_topics.prompt, pool_topics.status
 
     inbox: queue.SimpleQueue[InMessage] = queue.SimpleQueue()
     client = MqttClient(settings.mqtt, client_id=client_id,
                         subscriptions=[reply_topic, status_topic], on_message=inbox.put)
     client.connect(attempts=3)
+    payload = json.dumps(request)
     try:
-        client.publish_raw(topics.prompt, json.dumps(request))
-        return _receive(inbox, request_id, reply_topic, status_topic, timeout, stream, out, err)
+        client.publish_raw(prompt_topic, payload)
+        receiver = _Receiver(request_id, reply_topic, status_topic, stream, out, err)
+        resend = (lambda: client.publish_raw(prompt_topic, payload)) if pool is not None else None
+        return receiver.run(inbox, timeout, resend)
     finally:
         client.close()
 
 
-def _receive(inbox: queue.SimpleQueue[InMessage], request_id: str, reply_topic: str,
-             status_topic: str, timeout: float, stream: bool, out: TextIO, err: TextIO) -> int:
-    deadline = time.monotonic() + timeout
-    next_seq = 0
-    daemon_status: str | None = None
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            msg = inbox.get(timeout=left)
-        except queue.Empty:
-            break
-        if msg.topic == status_topic:
-            daemon_status = msg.payload.decode("utf-8", errors="replace")
-            continue
-        try:
-            reply = json.loads(msg.payload)
-        except ValueError:
-            continue
-        if msg.topic != reply_topic or not isinstance(reply, dict) or reply.get("id") != request_id:
-            continue
-        if reply.get("type") == "token":
-            if stream and reply.get("seq", -1) >= next_seq:
-                next_seq = reply["seq"] + 1
-                out.write(reply.get("text", ""))
-                out.flush()
-            continue
-        if reply.get("type") != "final":
-            continue
-        if reply.get("status") == "ok":
-            _print_answer(reply, stream, out, err)
-            return EXIT_OK
-        if stream and next_seq:
-            out.write("\n")
-        error = reply.get("error") or {}
-        err.write(f"rkllm-mqtt: error reply: {error.get('code')}: {error.get('message')}\n")
+class _Receiver:
+    """The replies to one request: tokens to `out` (by seq), the final deciding the exit code."""
+
+    def __init__(self, request_id: str, reply_topic: str, status_topic: str, stream: bool,
+                 out: TextIO, err: TextIO) -> None:
+        self.request_id = request_id
+        self.reply_topic = reply_topic
+        self.status_topic = status_topic
+        self.stream = stream
+        self.out = out
+        self.err = err
+        self.next_seq = 0
+        self.node: str | None = None  # the member that last said it took the request
+        self.statuses: dict[str, str] = {}  # node -> online/offline
+
+    def run(self, inbox: queue.SimpleQueue[InMessage], timeout: float,
+            resend: Callable[[], object] | None) -> int:
+        deadline = time.monotonic() + timeout
+        waiting_since: float | None = time.monotonic()  # since we last heard who holds it
+        resent = 0
+        while (now := time.monotonic()) < deadline:
+            wake = deadline
+            if resend is not None and waiting_since is not None:
+                wake = min(wake, waiting_since + RETRY_AFTER_S)
+                if now >= waiting_since + RETRY_AFTER_S and resent < MAX_RESENDS:
+                    resent += 1
+                    log.info("no member holds the request; sending it again (%d)", resent)
+                    resend()
+                    waiting_since = now
+                    continue
+            try:
+                msg = inbox.get(timeout=max(wake - now, 0.01))
+            except queue.Empty:
+                continue
+            if topic_matches_sub(self.status_topic, msg.topic):
+                node = msg.topic.rsplit("/", 2)[-2]
+                self.statuses[node] = msg.payload.decode("utf-8", errors="replace")
+                if node == self.node and self.statuses[node] == "offline":
+                    waiting_since = time.monotonic()  # a live member should take it over
+                continue
+            reply = _reply_to(msg, self.reply_topic, self.request_id)
+            if reply is None:
+                continue
+            kind = reply.get("type")
+            if kind == "accepted":
+                self._accepted(reply.get("node"))
+                waiting_since = None
+            elif kind == "token":
+                if self.stream and reply.get("seq", -1) >= self.next_seq:
+                    self.next_seq = reply["seq"] + 1
+                    self.out.write(reply.get("text", ""))
+                    self.out.flush()
+            elif kind == "final":
+                return self._final(reply)
+        self.err.write(f"rkllm-mqtt: no final reply within {timeout:g} s{self._hint()}\n")
         return EXIT_FAILURE
-    hint = " (the daemon is offline)" if daemon_status == "offline" else (
-        " (no daemon has announced itself on this node)" if daemon_status is None else "")
-    err.write(f"rkllm-mqtt: no final reply within {timeout:g} s{hint}\n")
-    return EXIT_FAILURE
+
+    def _accepted(self, node: object) -> None:
+        if not isinstance(node, str) or node == self.node:
+            return
+        if self.node is not None:  # taken over: the answer starts again
+            if self.next_seq:
+                self.out.write("\n")
+            self.err.write(f"rkllm-mqtt: {self.node} went away; {node} answers instead\n")
+            self.next_seq = 0
+        self.node = node
+
+    def _final(self, reply: dict[str, Any]) -> int:
+        if reply.get("status") == "ok":
+            _print_answer(reply, self.stream, self.out, self.err)
+            return EXIT_OK
+        if self.stream and self.next_seq:
+            self.out.write("\n")
+        error = reply.get("error") or {}
+        self.err.write(f"rkllm-mqtt: error reply: {error.get('code')}: {error.get('message')}\n")
+        return EXIT_FAILURE
+
+    def _hint(self) -> str:
+        if not self.statuses:
+            return " (no daemon has announced itself on this node)"
+        if all(status == "offline" for status in self.statuses.values()):
+            return " (the daemon is offline)" if len(self.statuses) == 1 else " (every daemon is offline)"
+        return ""
+
+
+def _reply_to(msg: InMessage, reply_topic: str, request_id: str) -> dict[str, Any] | None:
+    if msg.topic != reply_topic:
+        return None
+    try:
+        reply = json.loads(msg.payload)
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) and reply.get("id") == request_id else None
 
 
 def _print_answer(final: dict[str, Any], streamed: bool, out: TextIO, err: TextIO) -> None:
@@ -152,4 +227,6 @@ def _summary(final: dict[str, Any]) -> str:
         parts.append(f"{timing['tokens_per_s']:.1f} tokens/s")
     if timing.get("total_ms") is not None:
         parts.append(f"total {timing['total_ms']:.0f} ms")
+    if final.get("node") is not None:
+        parts.append(f"node {final['node']}")
     return "[" + ", ".join(parts) + "]"

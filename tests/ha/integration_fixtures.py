@@ -101,7 +101,8 @@ class Daemon:
                 self.proc.wait()
 
 
-def _daemon_config(broker: Broker, workdir: Path, node_id: str, abi: str, **runtime: object) -> Path:
+def _daemon_config(broker: Broker, workdir: Path, node_id: str, abi: str, pool: str | None = None,
+                   **runtime: object) -> Path:
     from rkllm_mqtt.simulator import build_simulator, sim_model_file
 
     library = build_simulator(abi)
@@ -110,6 +111,8 @@ def _daemon_config(broker: Broker, workdir: Path, node_id: str, abi: str, **runt
         "runtime": {"library": str(library), "model": str(sim_model_file()), "abi": abi, **runtime},
         "homeassistant": {"discovery": True},
     }
+    if pool is not None:
+        settings["pool"] = {"group": pool}
     lines: list[str] = []
     for section, values in settings.items():
         lines.append(f"[{section}]")
@@ -126,9 +129,10 @@ def start_daemon(mqtt_broker: Broker, tmp_path: Path) -> Iterator[Callable[..., 
     watchers: list[OutsideClient] = []
 
     def start(
-        node_id: str = NODE_ID, env: dict[str, str] | None = None, abi: str = "1.2", **runtime: object
+        node_id: str = NODE_ID, env: dict[str, str] | None = None, abi: str = "1.2",
+        pool: str | None = None, **runtime: object,
     ) -> Daemon:
-        config = _daemon_config(mqtt_broker, tmp_path, node_id, abi, **runtime)
+        config = _daemon_config(mqtt_broker, tmp_path, node_id, abi, pool, **runtime)
         log_file = tmp_path / f"daemon-{node_id}.log"
         watcher = connect_outside_client(mqtt_broker, f"watch-{node_id}-{len(watchers)}")
         watchers.append(watcher)

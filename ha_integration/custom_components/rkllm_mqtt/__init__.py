@@ -30,6 +30,7 @@ from .const import (
     reply_topic,
 )
 from .entity import async_detach_from_mqtt_devices
+from .pool import CONF_POOL, RkllmPoolClient
 
 RkllmConfigEntry: TypeAlias = ConfigEntry[RkllmClient]
 
@@ -98,17 +99,23 @@ def _invalid(key: str, **placeholders: str) -> ServiceValidationError:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: RkllmConfigEntry) -> bool:
-    """Follow one daemon: its status and this entry's reply topic, then the conversation agent."""
+    """Follow one daemon (or a pool's members): status, limits and this entry's reply topic, then
+    the conversation agent."""
     if not await mqtt.async_wait_for_mqtt_client(hass):
         args, kwargs = exception_args("mqtt_not_connected")
         raise ConfigEntryNotReady(*args, **kwargs)
     base_topic = entry.data[CONF_BASE_TOPIC]
-    client = RkllmClient(
-        hass,
-        base_topic=base_topic,
-        node_id=entry.data[CONF_NODE_ID],
-        reply_topic=reply_topic(base_topic, entry.entry_id),
-    )
+    client: RkllmClient
+    if CONF_POOL in entry.data:  # a pool of daemons: one agent, whichever member answers
+        client = RkllmPoolClient(hass, base_topic=base_topic, group=entry.data[CONF_POOL],
+                                 reply_topic=reply_topic(base_topic, entry.entry_id))
+    else:
+        client = RkllmClient(
+            hass,
+            base_topic=base_topic,
+            node_id=entry.data[CONF_NODE_ID],
+            reply_topic=reply_topic(base_topic, entry.entry_id),
+        )
     await client.async_start()
     entry.async_on_unload(client.async_stop)
     entry.runtime_data = client

@@ -85,6 +85,23 @@ class Limits:
     max_context_tokens: int | None = None
 
 
+def limits_of(payload: str | bytes) -> Limits | None:
+    """The `limits` a daemon's `~/state` announces (the defaults for any it leaves out); None for a
+    state without them."""
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        return None
+    limits = state.get("limits") if isinstance(state, dict) else None
+    if not isinstance(limits, dict):
+        return None
+    values = {
+        key: value for key in ("max_prompt_chars", "max_payload_bytes", "max_context_tokens")
+        if isinstance(value := limits.get(key), int) and not isinstance(value, bool) and value > 0
+    }
+    return Limits(**values)
+
+
 # Error codes of a request the daemon refused for its size (the runtime's own refusal included).
 SIZE_ERRORS = frozenset({"payload_too_large", "context_too_long"})
 
@@ -168,18 +185,8 @@ class RkllmClient:
     @callback
     def _on_state(self, msg: mqtt.ReceiveMessage) -> None:
         """Keep the announced limits; a daemon that announces none keeps the defaults."""
-        try:
-            state = json.loads(msg.payload)
-        except ValueError:
-            return
-        limits = state.get("limits") if isinstance(state, dict) else None
-        if not isinstance(limits, dict):
-            return
-        values = {
-            key: value for key in ("max_prompt_chars", "max_payload_bytes", "max_context_tokens")
-            if isinstance(value := limits.get(key), int) and not isinstance(value, bool) and value > 0
-        }
-        self.limits = Limits(**values)
+        if (limits := limits_of(msg.payload)) is not None:
+            self.limits = limits
 
     @callback
     def _on_connection(self, connected: bool) -> None:

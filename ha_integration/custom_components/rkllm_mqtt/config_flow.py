@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
@@ -39,6 +40,7 @@ from .const import (
     STATUS_ONLINE,
 )
 from .llm_api import clean_llm_api_option, llm_api_option
+from .pool import CONF_POOL, members_topic
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -46,6 +48,43 @@ if TYPE_CHECKING:
     from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 
 STATUS_SUFFIX = "/status"
+POOL_LEVEL = "/pool/"
+CONFIG_SUFFIX = "/config"
+
+
+def _split_pool_config_topic(topic: str) -> tuple[str, str] | None:
+    """`<base>/pool/<group>/config` (every member's retained announcement) → (base, group)."""
+    if not topic.endswith(CONFIG_SUFFIX):
+        return None
+    base, sep, group = topic[: -len(CONFIG_SUFFIX)].rpartition(POOL_LEVEL)
+    return (base, group) if sep and base and group and "/" not in group else None
+
+
+async def async_scan_pool(hass: HomeAssistant, base_topic: str, group: str) -> dict[str, bool]:
+    """Node → "takes work" of every member record the broker retains for the pool."""
+    found: dict[str, bool] = {}
+    arrived = asyncio.Event()
+
+    @callback
+    def on_record(msg: mqtt.ReceiveMessage) -> None:
+        try:
+            record = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            return
+        if isinstance(record, dict):
+            found[msg.topic.rsplit("/", 1)[-1]] = record.get("online") is True
+            arrived.set()
+
+    unsubscribe = await mqtt.async_subscribe(hass, members_topic(base_topic, group), on_record, qos=1)
+    try:
+        async with asyncio.timeout(SCAN_TIMEOUT):
+            await arrived.wait()
+        await asyncio.sleep(SCAN_SETTLE)  # the other retained records arrive together
+    except TimeoutError:
+        pass
+    finally:
+        unsubscribe()
+    return found
 
 
 def _split_status_topic(topic: str) -> tuple[str, str] | None:
@@ -110,9 +149,13 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
         self._base_topic = DEFAULT_BASE_TOPIC
         self._node_id = ""
         self._nodes: dict[str, str] = {}
+        self._pool = ""
 
     async def async_step_mqtt(self, discovery_info: MqttServiceInfo) -> ConfigFlowResult:
-        """A daemon published its status on a topic from the manifest's `mqtt` list."""
+        """A daemon published its status, or a pool member the pool's config, on a manifest topic."""
+        pool = _split_pool_config_topic(discovery_info.topic)
+        if pool is not None:
+            return await self._async_discovered_pool(pool, discovery_info.payload)
         parts = _split_status_topic(discovery_info.topic)
         if parts is None:
             return self.async_abort(reason="invalid_discovery_info")
@@ -124,6 +167,28 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
         self._abort_if_unique_id_configured()
         self.context["title_placeholders"] = {"name": self._node_id}
         return await self.async_step_confirm()
+
+    async def _async_discovered_pool(self, pool: tuple[str, str], payload: Any) -> ConfigFlowResult:
+        try:
+            config = json.loads(payload) if payload else None
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):  # cleared: the pool is gone
+            return self.async_abort(reason="invalid_discovery_info")
+        self._base_topic, self._pool = pool
+        await self.async_set_unique_id(f"{self._base_topic}/pool/{self._pool}")
+        self._abort_if_unique_id_configured()
+        self.context["title_placeholders"] = {"name": f"pool {self._pool}"}
+        return await self.async_step_pool_confirm()
+
+    async def async_step_pool_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        if user_input is None:
+            self._set_confirm_only()
+            return self.async_show_form(
+                step_id="pool_confirm",
+                description_placeholders={"pool": self._pool, "base_topic": self._base_topic},
+            )
+        return self._create_pool_entry()
 
     async def async_step_confirm(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         if user_input is None:
@@ -142,8 +207,19 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             self._base_topic = user_input[CONF_BASE_TOPIC].strip().strip("/")
+            self._pool = (user_input.get(CONF_POOL) or "").strip()
             if not _valid_base_topic(self._base_topic):
                 errors[CONF_BASE_TOPIC] = "invalid_topic"
+            elif self._pool:
+                if not _valid_base_topic(f"{self._base_topic}/pool/{self._pool}") or "/" in self._pool:
+                    errors[CONF_POOL] = "invalid_pool"
+                elif not await async_scan_pool(self.hass, self._base_topic, self._pool):
+                    errors[CONF_POOL] = "no_members"
+                else:
+                    await self.async_set_unique_id(f"{self._base_topic}/pool/{self._pool}",
+                                                   raise_on_progress=False)
+                    self._abort_if_unique_id_configured()
+                    return self._create_pool_entry()
             else:
                 found = await async_scan(self.hass, self._base_topic)
                 configured = {entry.unique_id for entry in self._async_current_entries(include_ignore=False)}
@@ -157,7 +233,8 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_show_form(
             step_id="user",
             data_schema=vol.Schema(
-                {vol.Required(CONF_BASE_TOPIC, default=self._base_topic): TextSelector()}
+                {vol.Required(CONF_BASE_TOPIC, default=self._base_topic): TextSelector(),
+                 vol.Optional(CONF_POOL): TextSelector()}
             ),
             errors=errors,
         )
@@ -184,6 +261,13 @@ class RkllmConfigFlow(ConfigFlow, domain=DOMAIN):
                 }
             ),
             description_placeholders={"base_topic": self._base_topic},
+        )
+
+    @callback
+    def _create_pool_entry(self) -> ConfigFlowResult:
+        return self.async_create_entry(
+            title=f"RKLLM pool {self._pool}",
+            data={CONF_BASE_TOPIC: self._base_topic, CONF_POOL: self._pool},
         )
 
     @callback

@@ -5,7 +5,8 @@ to the device of the daemon's MQTT discovery so the device page connects the two
 2026.x gives a device a single config entry, so the agent cannot join the MQTT device: that device
 is the `mqtt` entry's. The link is made the way each release expects: the
 `via_device` identifier until the device info takes `via_device_id`, by device id after that; and
-by device id whenever the daemon's discovery arrives after the agent.
+by device id whenever the daemon's discovery arrives after the agent. A pool's agent has no one
+daemon to link to: its device stands alone.
 (Home Assistant developer docs: https://developers.home-assistant.io/docs/device_registry_index)
 """
 
@@ -19,6 +20,7 @@ from homeassistant.helpers import entity_registry as er
 from homeassistant.helpers.entity import Entity
 
 from .const import CONF_NODE_ID, DEVICE_MANUFACTURER, DOMAIN, MQTT_DOMAIN, mqtt_device_identifier
+from .pool import CONF_POOL, pool_device_info
 
 if TYPE_CHECKING:
     from . import RkllmConfigEntry
@@ -41,6 +43,8 @@ def find_daemon_device(hass: HomeAssistant, node_id: str) -> dr.DeviceEntry | No
 
 def agent_device_info(hass: HomeAssistant, entry: RkllmConfigEntry) -> dr.DeviceInfo:
     """The agent's own device: one per config entry, so two daemons never share one."""
+    if CONF_POOL in entry.data:
+        return pool_device_info(entry.entry_id, entry.data[CONF_POOL])
     info = dr.DeviceInfo(
         identifiers={(DOMAIN, entry.entry_id)},
         name=entry.title,
@@ -78,7 +82,8 @@ def async_detach_from_mqtt_devices(hass: HomeAssistant, entry: RkllmConfigEntry)
 
 
 class RkllmBaseEntity(Entity):
-    """An entity backed by one daemon; unavailable whenever the daemon's status is not `online`."""
+    """An entity backed by one daemon (or a pool); unavailable whenever the daemon's status is not
+    `online` (no member of the pool is)."""
 
     _attr_has_entity_name = True
     _attr_name = None
@@ -108,7 +113,8 @@ class RkllmBaseEntity(Entity):
     @callback
     def _async_link_daemon_device(self) -> None:
         """Point the agent's device at the daemon's, once the daemon's discovery made that one."""
-        if self.registry_entry is None or self.registry_entry.device_id is None:
+        if CONF_POOL in self.entry.data or self.registry_entry is None \
+                or self.registry_entry.device_id is None:
             return
         daemon_device = find_daemon_device(self.hass, self.entry.data[CONF_NODE_ID])
         devices = dr.async_get(self.hass)
