@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-from multiprocessing.connection import Connection
 from typing import Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
@@ -35,6 +34,7 @@ from rkllm_mqtt.runtime.child import Abort, Close, Emitted, Failed, FromChild, O
 from rkllm_mqtt.runtime.contract import AbortReason
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, JobSink, RunCommand
 from rkllm_mqtt.runtime.options import RuntimeOptions
+from rkllm_mqtt.runtime.wire import Channel
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ProcessEngine:
         self.failures_in_a_row = 0  # deaths and failed reloads since the last completed run
         self.failure: str | None = None
         self._lock = threading.Lock()  # _conn, _proc, _current
-        self._conn: Connection | None = None
+        self._conn: Channel | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._current: str | None = None  # the job the child is running
         self._ready = threading.Event()
@@ -141,7 +141,7 @@ class ProcessEngine:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "rkllm_mqtt.runtime.child", str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
-        parent = Connection(parent_sock.detach())
+        parent = Channel(parent_sock.detach())
         try:
             parent.send(Start(self._options, logging.getLogger().level))
             message: FromChild = parent.recv()
@@ -203,7 +203,7 @@ class ProcessEngine:
                   self.abort_grace_s)
         proc.kill()
 
-    def _read(self, conn: Connection, proc: subprocess.Popen[bytes]) -> None:
+    def _read(self, conn: Channel, proc: subprocess.Popen[bytes]) -> None:
         """Reader thread: forward events; when the child dies, answer its job and restart it."""
         while True:
             try:

@@ -1,7 +1,7 @@
 """The runtime in a child process: the messages on its socket, and its main loop.
 
 `rkllm_mqtt.engine.ProcessEngine` starts `python -m rkllm_mqtt.runtime.child <fd>` and talks to
-it over an inherited socket with `multiprocessing.connection` (pickled values). Each direction
+it over an inherited socket (`runtime.wire`: length-framed pickled values). Each direction
 has its own small set of message types, so neither side matches on tagged tuples. The child
 imports only the standard library and `rkllm_mqtt.runtime` (no pydantic, no paho, no config model):
 it starts fast, and nothing of the daemon can break it.
@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 from rkllm_mqtt.runtime.contract import AbortReason
 from rkllm_mqtt.runtime.errors import RkllmMqttError
@@ -24,6 +23,7 @@ from rkllm_mqtt.runtime.events import Event
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, RunCommand
 from rkllm_mqtt.runtime.options import RuntimeOptions
 from rkllm_mqtt.runtime.session import Session
+from rkllm_mqtt.runtime.wire import Channel
 
 # ---------------------------------------------------------------- parent -> child
 
@@ -106,7 +106,7 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_the_daemon()
-    conn = Connection(fd)
+    conn = Channel(fd)
     start: Start = conn.recv()
     logging.basicConfig(level=start.log_level or logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -17,7 +17,6 @@ alone and never loaded. The directory is bounded in files and bytes, least recen
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ class Prefix:
     def digest(self) -> str:
         text = json.dumps([self.system, self.prompt_prefix, self.prompt_postfix, self.tools,
                            self.in_prompt], ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _sha256_text(text)
 
     def to_json(self) -> dict[str, Any]:
         return {"system": self.system, "prompt_prefix": self.prompt_prefix,
@@ -71,7 +70,15 @@ class Prefix:
                    in_prompt=bool(data.get("in_prompt")))
 
 
+def _sha256_text(text: str) -> str:
+    import hashlib  # here, not at the top: it loads libcrypto (~3.7 MB RSS), paid only with a cache
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -105,7 +112,7 @@ class PromptCacheStore:
 
     def _key(self, prefix: Prefix) -> str:
         text = json.dumps([self._identity, prefix.digest()])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _sha256_text(text)[:16]
 
     def path_for(self, prefix: Prefix) -> Path:
         return self.directory / f"{self._stem}.{self._key(prefix)}{_SUFFIX}"

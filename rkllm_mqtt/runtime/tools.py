@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +82,7 @@ def _schema_type(schema: Any) -> str:
 
 
 def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+    return f"call_{os.urandom(12).hex()}"  # not uuid: its import costs the child RSS
 
 
 class ToolCallFilter:
