@@ -4,11 +4,11 @@
 # /etc/rkllm-mqtt/config.toml from the example (never overwritten).
 #
 #   sudo ./scripts/install.sh              install from this checkout (pip install .)
-#   sudo WHEEL=dist/rkllm_mqtt-X-py3-none-any.whl ./scripts/install.sh    from a release wheel
+#   sudo WHEEL=dist/rkllm_mqtt-X-cp311-abi3-linux_aarch64.whl ./scripts/install.sh    from a wheel
 #   sudo ./scripts/install.sh uninstall    remove what install added; keeps the config
 #
 # Needs only POSIX sh, python3 with venv (Debian/Ubuntu/Armbian: apt install python3-venv),
-# useradd/groupadd. Idempotent: a second run changes nothing and says so. One line per step.
+# useradd/groupadd; with gcc the token callback is built in C (else the Python one runs). Idempotent: a second run changes nothing and says so. One line per step.
 # Every path can be overridden, so tests install into a temporary root:
 #   DESTDIR   prefix for every file and for useradd/groupadd --root (default: empty, the system)
 #   PREFIX    /opt/rkllm-mqtt      (the venv is $PREFIX/venv)
@@ -139,6 +139,11 @@ do_install() {
         "$py" -m pip install --quiet --disable-pip-version-check $PIP_ARGS $force \
             "${WHEEL:-$SRC}" >"$tmp/pip.log" 2>&1 || { cat "$tmp/pip.log" >&2; die "pip install failed"; }
         changed "package: installed rkllm-mqtt $version into $VENV"
+    fi
+    if "$py" -I -c 'import sys; from rkllm_mqtt.runtime.handoff import native_library; sys.exit(native_library() is None)' 2>/dev/null; then
+        say "callback: the token hand-off in C is built"
+    else
+        say "callback: Python only (no C compiler when the package was built: apt install gcc, then REINSTALL=yes)"
     fi
     if [ "$(readlink "$DESTDIR$BINDIR/rkllm-mqtt" 2>/dev/null)" = "$VENV/bin/rkllm-mqtt" ]; then
         say "command: $BINDIR/rkllm-mqtt unchanged"

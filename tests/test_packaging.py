@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)
 
 
+def _wheel(dist: Path) -> Path:
+    """The wheel for this machine: the C token hand-off makes it platform-specific (abi3)."""
+    wheels = list(dist.glob(f"rkllm_mqtt-{__version__}-cp311-abi3-linux_*.whl"))
+    assert len(wheels) == 1, sorted(p.name for p in dist.iterdir())
+    return wheels[0]
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
@@ -27,7 +34,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dist_passes_twine_check_and_ships_the_license(dist: Path) -> None:
-    wheel = dist / f"rkllm_mqtt-{__version__}-py3-none-any.whl"
+    wheel = _wheel(dist)
     sdist = dist / f"rkllm_mqtt-{__version__}.tar.gz"
     proc = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
                           capture_output=True, text=True, timeout=120, check=False)
@@ -39,10 +46,11 @@ def test_dist_passes_twine_check_and_ships_the_license(dist: Path) -> None:
     assert "License-Expression: Apache-2.0" in metadata
     assert "Classifier: Operating System :: POSIX :: Linux" in metadata
     assert "rkllm_mqtt/simulator/rkllm_sim.c" in names
+    assert "rkllm_mqtt/runtime/_handoff.abi3.so" in names  # built, not left to the Python callback
     listing = subprocess.run(["tar", "tzf", str(sdist)], capture_output=True, text=True,
                              check=True).stdout
-    for kit in ("scripts/install.sh", "systemd/rkllm-mqtt.service", "systemd/99-rknpu.rules",
-                "config/rkllm-mqtt.example.toml"):
+    for kit in ("rkllm_mqtt/runtime/handoff.c", "scripts/install.sh", "systemd/rkllm-mqtt.service",
+                "systemd/99-rknpu.rules", "config/rkllm-mqtt.example.toml"):
         assert f"rkllm_mqtt-{__version__}/{kit}" in listing
 
 
@@ -78,7 +86,7 @@ def test_installer_into_a_temporary_root(dist: Path, tmp_path: Path) -> None:
     (root / "dev").mkdir()
     (root / "dev" / "rknpu").touch()
     os.chown(root / "dev" / "rknpu", 0, 44)  # a vendor kernel that gave the node to "video"
-    wheel = dist / f"rkllm_mqtt-{__version__}-py3-none-any.whl"
+    wheel = _wheel(dist)
 
     first = _install(root, wheel)
     assert first.returncode == 0, first.stdout + first.stderr

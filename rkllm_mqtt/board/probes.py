@@ -97,6 +97,16 @@ def library(path: str, user: User, loaded: LoadedLibrary | None, error: str | No
     return ok("library", f"{loaded.path}: ABI family {loaded.abi}, runtime {version}")
 
 
+def callback(built: bool) -> Finding:
+    """Whether the result callback is the C hand-off (runtime.handoff) or the Python fallback."""
+    if built:
+        return ok("callback", "token hand-off in C: the runtime never waits for Python's GIL")
+    return warn("callback", "the C token hand-off is not built: the runtime's callback waits for "
+                "Python's GIL (tens of µs a token when the daemon is busy)",
+                "install a C compiler (sudo apt install gcc) and reinstall the package "
+                "(sudo REINSTALL=yes ./scripts/install.sh)")
+
+
 def cpu(board: Board, version: str | None) -> Finding:
     """`version`: the runtime library's own version string, when it has one."""
     features = board.cpu_features()

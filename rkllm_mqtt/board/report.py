@@ -16,6 +16,7 @@ from rkllm_mqtt.board.system import Board
 from rkllm_mqtt.config import Settings
 from rkllm_mqtt.errors import RkllmMqttError
 from rkllm_mqtt.exitcodes import EXIT_USAGE
+from rkllm_mqtt.runtime.handoff import native_library
 from rkllm_mqtt.runtime.library import LoadedLibrary, open_library
 
 
@@ -53,6 +54,7 @@ def findings(settings: Settings, *, config_path: Path | None, board: Board,
         probes.npu_driver(board, init),
         probes.npu_access(board, user),
         library,
+        probes.callback(native_library() is not None),
         probes.cpu(board, loaded.runtime_version if loaded else None),
         probes.model(runtime.model, user, model, init) if init else model_finding,
     ]

@@ -11,8 +11,9 @@ this class:
   object (and the 1.3 RKLLMCallback struct) live as long as the session;
 - the runtime waits for the callback's return before it goes on (from 1.2.1 a return of 1 even
   pauses inference), so the callback only copies the bytes and hands them to the session's token
-  thread; decoding, stop sequences and the caller's sink (JSON, publish, the child's pipe) run
-  there, never while the NPU waits;
+  thread (runtime.handoff: in C when it was built, without the GIL); counting, decoding, stop
+  sequences, max_new_tokens and the caller's sink (JSON, publish, the child's pipe) run there,
+  never while the NPU waits;
 - every buffer handed to rkllm_run stays referenced until it returns.
 """
 
@@ -48,6 +49,7 @@ from rkllm_mqtt.runtime.events import (
     RunStats,
     TokenEvent,
 )
+from rkllm_mqtt.runtime.handoff import END_OF_RUN, STOP, HandOff, open_handoff
 from rkllm_mqtt.runtime.library import LoadedLibrary, family_of_version, open_library
 from rkllm_mqtt.runtime.nativelog import (
     capture_native_output,
@@ -81,11 +83,11 @@ Sink = Callable[[Event], None]
 T = TypeVar("T")
 
 _QUEUED, _RUNNING, _DONE = "queued", "running", "done"
-_ABORT_FROM_CALLBACK_WAIT_S = 1.0
 
 
 class _Run:
-    """What the callback of one generation accumulates; read by the worker after rkllm_run."""
+    """What the token thread makes of one generation's callbacks; read by the worker after
+    rkllm_run, once `drained` is set."""
 
     def __init__(self, stop: tuple[str, ...], emit: Callable[[Event], None],
                  tools_json: str | None = None) -> None:
@@ -215,11 +217,10 @@ class Session:
             queue.SimpleQueue()
         )
         self._thread: threading.Thread | None = None
-        # (run, bytes) from the callback; (run, None) marks the end of a run; None stops the thread
-        self._tokens: queue.SimpleQueue[tuple[_Run, bytes | None] | None] = queue.SimpleQueue()
+        self._handoff: HandOff | None = None  # the callback's entries, for the token thread
+        self._draining: _Run | None = None  # the run whose entries the token thread takes now
         self._token_thread: threading.Thread | None = None
         self._closed = False
-        self._in_callback = threading.local()
         self._lib: LoadedLibrary | None = None
         self._param: Any = None
         self._handle: LLMHandle | None = None
@@ -267,7 +268,11 @@ class Session:
         self.runtime_version = loaded.runtime_version
         self.supports_history = self.abi != "1.1"
         self._param = build_param(loaded.module, loaded.functions, self.settings)
-        self._make_callback(loaded.module)
+        self._handoff = handoff = open_handoff(loaded.module)
+        self._callback = handoff.callback
+        if hasattr(loaded.module, "RKLLMCallback"):  # 1.3.0: rkllm_init takes a struct of callbacks
+            self._callback_struct = loaded.module.RKLLMCallback()
+            self._callback_struct.result_callback = self._callback
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
         tokens = threading.Thread(target=self._hand_on, name="rkllm-tokens", daemon=True)
@@ -279,14 +284,15 @@ class Session:
             self._call(self._init)
         except BaseException:
             self._jobs.put(None)
-            self._tokens.put(None)
+            handoff.push(STOP)
             thread.join()
             with self._lock:
                 self._thread = self._token_thread = None
             raise
         log.info(
-            "RKLLM %s ABI (runtime %s) from %s; model %s",
+            "RKLLM %s ABI (runtime %s) from %s; model %s; token hand-off in %s",
             self.abi, self.runtime_version or "version unknown", self.library_path, self.model_name,
+            handoff.kind,
         )
 
     def close(self) -> None:
@@ -304,7 +310,8 @@ class Session:
         self._jobs.put(None)
         if thread is not threading.current_thread():
             thread.join()
-        self._tokens.put(None)  # after the worker: its last run has drained
+        if self._handoff is not None:
+            self._handoff.push(STOP)  # after the worker: its last run has drained
 
     def __enter__(self) -> Session:
         self.open()
@@ -336,6 +343,11 @@ class Session:
             generation._prefix = self._prefix_of(plan, messages, request)
             self._jobs.put(generation)
         return generation
+
+    @property
+    def handoff_kind(self) -> str | None:
+        """How tokens leave the callback: "C" (without the GIL) or "Python"; None until open."""
+        return self._handoff.kind if self._handoff is not None else None
 
     @property
     def native_tools(self) -> bool:
@@ -644,6 +656,7 @@ class Session:
             run.limit = request_cap
             run.length_cap = min((c for c in (request_cap, init_cap) if c), default=None)
 
+        self._draining = run  # the token thread is idle: the run before has drained
         with self._run_lock:
             self._current = run
             skip = run.stop_reason is not None  # aborted between dequeue and here
@@ -657,7 +670,8 @@ class Session:
         finally:
             with self._run_lock:
                 self._current = None
-            self._tokens.put((run, None))
+            assert self._handoff is not None
+            self._handoff.push(END_OF_RUN)
             run.drained.wait()  # every token of the run is decoded and emitted before its end
         ended = time.monotonic()
         del rkllm_input, infer, sampling, prompt, role  # referenced until here, on purpose
@@ -713,7 +727,10 @@ class Session:
                             None, count.prefill_tokens, count.cached_tokens, count.source)
         prefill_ms, _, generate_ms, generate_tokens, memory_mb = run.perf
         tps = generate_tokens / (generate_ms / 1000) if generate_ms > 0 else measured_tps
-        return RunStats(count.prompt_tokens, generate_tokens, ttft, total, tps or measured_tps,
+        # Cut at max_new_tokens by us: the runtime may have made a token or two more before the
+        # abort landed; the answer holds only the first N.
+        completion = min(generate_tokens, run.tokens) if run.limit is not None else generate_tokens
+        return RunStats(count.prompt_tokens, completion, ttft, total, tps or measured_tps,
                         prefill_ms, generate_ms, memory_mb, count.prefill_tokens,
                         count.cached_tokens, count.source)
 
@@ -735,27 +752,7 @@ class Session:
             if run.stop_reason is not None:
                 return
             run.stop_reason = reason
-        if getattr(self._in_callback, "active", False):
-            self._abort_from_callback(run)
-        else:
-            self._abort_native(run)
-
-    def _abort_from_callback(self, run: _Run) -> None:
-        """rkllm_abort on a helper thread, waiting briefly so the run stops at this token.
-
-        Calling into the library from inside its own callback could deadlock on a lock it holds
-        around the callback; from another thread the worst case is that the abort lands once the
-        callback has returned. The bounded wait makes the usual case exact: the flag is set
-        before the library looks at it for the next token.
-        """
-        done = threading.Event()
-
-        def abort() -> None:
-            self._abort_native(run)
-            done.set()
-
-        threading.Thread(target=abort, name="rkllm-abort", daemon=True).start()
-        done.wait(_ABORT_FROM_CALLBACK_WAIT_S)
+        self._abort_native(run)  # never from inside the callback: it calls no Python code
 
     def _abort_native(self, run: _Run) -> None:
         with self._run_lock:
@@ -767,78 +764,53 @@ class Session:
         if status != 0:
             log.warning("rkllm_abort returned %d", status)
 
-    # -- the native callback (any thread) ---------------------------------------------------------
-
-    def _make_callback(self, module: Any) -> None:
-        returns_int = module.LLMResultCallback._restype_ is ctypes.c_int
-
-        def on_result_int(result: Any, userdata: Any, state: int) -> int:
-            self._on_result(result, state)
-            return 0
-
-        def on_result_void(result: Any, userdata: Any, state: int) -> None:
-            self._on_result(result, state)
-
-        self._callback = module.LLMResultCallback(on_result_int if returns_int else on_result_void)
-        if hasattr(module, "RKLLMCallback"):  # 1.3.0: rkllm_init takes a struct of callbacks
-            self._callback_struct = module.RKLLMCallback()
-            self._callback_struct.result_callback = self._callback
-
-    def _on_result(self, result: Any, state: int) -> None:
-        try:
-            run = self._current
-            if run is None:
-                return
-            self._in_callback.active = True
-            try:
-                self._handle_result(run, result, state)
-            finally:
-                self._in_callback.active = False
-        except Exception:  # an exception must never unwind into the C library
-            log.exception("error in the RKLLM result callback (ignored)")
+    # -- the token thread ------------------------------------------------------------------------
 
     def _hand_on(self) -> None:
-        """The token thread: bytes from the callback become text, stop sequences and events."""
+        """What the callback handed off becomes counts, text, stop sequences and events, in order."""
         _yield_to_the_runtime()
-        while (item := self._tokens.get()) is not None:
-            run, data = item
-            if data is None:
-                run.drained.set()
-                continue
-            try:
-                piece = run.feed(data)  # UTF-8, then the tool-call markup filter
-                if piece:
-                    run.emit(TokenEvent(piece))
-                if run.stream.stopped:
-                    self._stop(run, "stop_sequence")
-            except Exception:  # one bad token must not end the thread every run needs
-                log.exception("error handling an RKLLM token (ignored)")
+        assert self._handoff is not None and self._lib is not None
+        perf_struct = getattr(self._lib.module, "RKLLMPerfStat", None)
+        try:
+            for state, data, at in self._handoff.entries():
+                run = self._draining
+                if state == END_OF_RUN:
+                    if run is not None:
+                        run.drained.set()
+                elif run is not None:
+                    try:
+                        self._take(run, state, data, at, perf_struct)
+                    except Exception:  # one bad token must not end the thread every run needs
+                        log.exception("error handling an RKLLM token (ignored)")
+        finally:
+            self._handoff.close()
 
-    def _handle_result(self, run: _Run, result: Any, state: int) -> None:
+    def _take(self, run: _Run, state: int, data: bytes, at: float, perf_struct: Any) -> None:
         run.callbacks += 1
         if run.abort_before_callback:  # our abort may have come before the run began: repeat it
             run.abort_before_callback = False
-            self._abort_from_callback(run)
+            self._abort_native(run)
         # WAITING (1.1.x): "the decoded character is not complete UTF-8"; whatever bytes it
         # carries belong to the text (Rockchip's own 1.1 servers join them with the next token),
         # and the incremental decoder holds them until the character is whole.
         if state in (RKLLM_RUN_NORMAL, RKLLM_RUN_WAITING):
-            data = result.contents.text if result else None  # copied now: freed after we return
-            if not data or run.stop_reason is not None:
+            if run.stop_reason is not None:  # stopped: what the runtime still sends is dropped
                 return
-            now = time.monotonic()
             run.tokens += 1
-            run.last_token = now
+            run.last_token = at
             if run.first_token is None:
-                run.first_token = now
-            self._tokens.put((run, data))  # the rest happens on the token thread
-            if run.limit is not None and run.tokens >= run.limit:
+                run.first_token = at
+            piece = run.feed(data)  # UTF-8, then the tool-call markup filter
+            if piece:
+                run.emit(TokenEvent(piece))
+            if run.stream.stopped:
+                self._stop(run, "stop_sequence")
+            elif run.limit is not None and run.tokens >= run.limit:
                 self._stop(run, "length")
         elif state == RKLLM_RUN_FINISH:
-            if result and has_field(result.contents, "perf"):
-                perf = result.contents.perf
+            if data and perf_struct is not None:
+                perf = perf_struct.from_buffer_copy(data)
                 run.perf = (perf.prefill_time_ms, perf.prefill_tokens, perf.generate_time_ms,
                             perf.generate_tokens, perf.memory_usage_mb)
         elif state == RKLLM_RUN_ERROR:
             run.error_seen = True
-

@@ -59,10 +59,11 @@ def test_a_good_board_passes_with_one_line_per_finding(
     assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     names = [line.split()[1].rstrip(":") for line in lines]
-    assert names == ["config", "soc", "npu-driver", "npu-access", "library", "cpu", "model", "context",
-                     "rkllm_init", "cpu-governor", "npu-governor", "memory", "broker"]
+    assert names == ["config", "soc", "npu-driver", "npu-access", "library", "callback", "cpu", "model",
+                     "context", "rkllm_init", "cpu-governor", "npu-governor", "memory", "broker"]
     assert all(line.split()[0] in ("OK", "WARN") for line in lines)
     assert "OK   soc: RK3588, the model's target platform" in proc.stdout
+    assert "OK   callback: token hand-off in C" in proc.stdout  # this checkout built it
     assert "within the model's limit of 4096" in proc.stdout
     assert "I rkllm:" not in proc.stdout  # the runtime's own lines stay out of the report
 

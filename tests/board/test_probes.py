@@ -187,6 +187,13 @@ def test_access_needs_search_permission_on_every_directory(tmp_path: Path) -> No
         assert can_open(User.current(), target)
 
 
+def test_a_build_without_the_c_handoff_warns_with_the_fix() -> None:
+    found = probes.callback(False)
+    assert found.status is Status.WARN
+    assert found.fix is not None and "gcc" in found.fix and "REINSTALL=yes" in found.fix
+    assert probes.callback(True).status is Status.OK
+
+
 def test_exit_code_is_non_zero_on_any_fail() -> None:
     assert exit_code([ok("a", "x"), warn("b", "y")]) == 0
     assert exit_code([ok("a", "x"), fail("broker", "down")]) == 1

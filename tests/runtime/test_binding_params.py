@@ -157,8 +157,8 @@ def test_run_parameters_round_trip(
         assert "sampling" not in run and "max_new_tokens" not in run
     if family == "1.3":  # capped by the library
         assert (run["generated_tokens"], run["aborted"]) == (7, False)
-    else:  # counted and aborted by us; tokens past the limit are dropped
-        assert run["generated_tokens"] >= 7 and run["aborted"] is True
+    else:  # counted by us, aborted from the token thread; tokens past the limit are dropped
+        assert run["generated_tokens"] >= 7  # the simulator does not wait: it may finish first
     assert outcome.finish_reason == "length"
     assert outcome.stats.completion_tokens == 7
 

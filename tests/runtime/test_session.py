@@ -336,6 +336,21 @@ def test_request_max_new_tokens_gives_length(
     assert "".join(pieces) == final.text
 
 
+def test_max_new_tokens_aborts_the_run_at_an_npu_pace(
+    open_session: Callable[..., Session], inspect: Callable[[Session], dict[str, Any]],
+    family: str,
+) -> None:
+    """Families without a native cap: the token thread counts and aborts; the runtime stops soon
+    after the limit instead of generating the whole answer, and the text holds exactly N tokens."""
+    session = open_session(family)
+    _, final = run_to_end(session, GenerationRequest(prompt="[sim:tokens=200] [sim:delay_ms=5]",
+                                                     max_new_tokens=3))
+    assert (final.text, final.finish_reason) == ("tok0 tok1 tok2", "length")
+    run = inspect(session)["run"]
+    assert run["generated_tokens"] < 20
+    assert run["aborted"] is (family != "1.3")  # 1.3 caps it natively
+
+
 def test_configured_max_new_tokens_gives_length(
     open_session: Callable[..., Session], family: str
 ) -> None:

@@ -1,0 +1,190 @@
+/*
+ * The RKLLM result callback in C: copy the token, stamp it, wake the reader, return.
+ *
+ * The runtime waits for its callback to return before it decodes the next token (rkllm.h from
+ * rknn-llm 1.2.1: "return 0: continue; 1: pause"), so whatever the callback does, the NPU waits
+ * for. A ctypes callback must first take the GIL, which another thread of ours may hold for tens
+ * of microseconds. This one never touches Python: it appends the bytes to a buffer under a
+ * mutex and signals a condition variable; a Python thread blocked in rkmq_handoff_read (a ctypes
+ * call, so without the GIL) takes them from there.
+ *
+ * Nothing here depends on one ABI family: the caller passes where `text` and `perf` sit in the
+ * family's RKLLMResult (`text` is its first member in every release 1.1.0 - 1.3.0; `perf`
+ * exists from 1.2.1). The callback is declared returning int and always returns 0 ("continue");
+ * for the families whose callback returns void (1.1.x, 1.2.0) the runtime ignores the value.
+ *
+ * The session does not use `userdata` to find its state: each open session owns one of
+ * HANDOFF_SLOTS slots, and each slot has its own callback function.
+ *
+ * Built by setuptools as an optional extension (pyproject.toml); it uses no Python API.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HANDOFF_SLOTS 16
+
+/* Entry layout in the buffer: header, then `len` bytes, padded to 8. */
+typedef struct {
+    int32_t state;  /* LLMCallState of the callback, or a negative marker from the caller */
+    uint32_t len;   /* bytes of data after the header */
+    int64_t t_ns;   /* CLOCK_MONOTONIC when the callback was made */
+} entry_t;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned char *buf;
+    size_t used, cap;
+    size_t text_offset, perf_offset, perf_size;
+    int in_use, reader_waiting;
+} slot_t;
+
+static slot_t slots[HANDOFF_SLOTS];
+static pthread_mutex_t table_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static size_t padded(size_t n) { return (n + 7u) & ~(size_t)7u; }
+
+/* Append one entry; 0, or -1 if memory ran out (the entry is lost, nothing else). */
+static int append(slot_t *s, int32_t state, const void *data, size_t len, int64_t t_ns) {
+    size_t need = sizeof(entry_t) + padded(len);
+    if (len > UINT32_MAX) return -1;
+    pthread_mutex_lock(&s->mu);
+    if (s->used + need > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->used + need) cap *= 2;
+        unsigned char *grown = realloc(s->buf, cap);
+        if (!grown) {
+            pthread_mutex_unlock(&s->mu);
+            return -1;
+        }
+        s->buf = grown, s->cap = cap;
+    }
+    entry_t head = {state, (uint32_t)len, t_ns};
+    memcpy(s->buf + s->used, &head, sizeof head);
+    if (len) memcpy(s->buf + s->used + sizeof head, data, len);
+    s->used += need;
+    if (s->reader_waiting) pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+enum { RUN_NORMAL = 0, RUN_WAITING = 1, RUN_FINISH = 2, RUN_ERROR = 3 };
+
+static int deliver(slot_t *s, const unsigned char *result, int state) {
+    if (!s->in_use) return 0; /* a callback after the session let go of its slot */
+    int64_t t = now_ns();
+    if (state == RUN_NORMAL || state == RUN_WAITING) {
+        /* the text is freed once we return: copied now; NULL or empty text carries nothing */
+        const char *text = result ? *(const char *const *)(result + s->text_offset) : NULL;
+        if (text && *text) append(s, state, text, strlen(text), t);
+    } else if (state == RUN_FINISH) {
+        append(s, state, result && s->perf_size ? result + s->perf_offset : NULL,
+               result ? s->perf_size : 0, t);
+    } else if (state == RUN_ERROR) {
+        append(s, state, NULL, 0, t);
+    }
+    return 0;
+}
+
+#define CALLBACK(n) \
+    static int callback_##n(void *result, void *userdata, int state) { \
+        (void)userdata; \
+        return deliver(&slots[n], result, state); \
+    }
+CALLBACK(0) CALLBACK(1) CALLBACK(2) CALLBACK(3) CALLBACK(4) CALLBACK(5) CALLBACK(6) CALLBACK(7)
+CALLBACK(8) CALLBACK(9) CALLBACK(10) CALLBACK(11) CALLBACK(12) CALLBACK(13) CALLBACK(14)
+CALLBACK(15)
+
+typedef int (*callback_t)(void *, void *, int);
+static const callback_t callbacks[HANDOFF_SLOTS] = {
+    callback_0, callback_1, callback_2, callback_3, callback_4, callback_5, callback_6,
+    callback_7, callback_8, callback_9, callback_10, callback_11, callback_12, callback_13,
+    callback_14, callback_15,
+};
+
+/* A free slot for one session, or -1 when all are taken. */
+int rkmq_handoff_open(size_t text_offset, size_t perf_offset, size_t perf_size) {
+    int found = -1;
+    pthread_mutex_lock(&table_mu);
+    for (int i = 0; i < HANDOFF_SLOTS && found < 0; i++) {
+        if (slots[i].in_use) continue;
+        slot_t *s = &slots[i];
+        memset(s, 0, sizeof *s);
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->cv, NULL);
+        s->text_offset = text_offset, s->perf_offset = perf_offset, s->perf_size = perf_size;
+        s->in_use = 1;
+        found = i;
+    }
+    pthread_mutex_unlock(&table_mu);
+    return found;
+}
+
+/* The slot's callback, to give rkllm_init. */
+void *rkmq_handoff_callback(int slot) {
+    return slot >= 0 && slot < HANDOFF_SLOTS ? (void *)callbacks[slot] : NULL;
+}
+
+/* An entry from the caller's side (end of a run, stop the reader): after everything before it. */
+int rkmq_handoff_push(int slot, int32_t state, const void *data, size_t len) {
+    if (slot < 0 || slot >= HANDOFF_SLOTS || !slots[slot].in_use) return -1;
+    return append(&slots[slot], state, data, len, now_ns());
+}
+
+/* Block until there is at least one entry, then move as many whole entries as fit into `out`.
+ * Returns the bytes moved; -(bytes needed) when the first entry alone is larger than `cap`;
+ * -1 for a slot that is not open. */
+long rkmq_handoff_read(int slot, unsigned char *out, size_t cap) {
+    if (slot < 0 || slot >= HANDOFF_SLOTS || !slots[slot].in_use) return -1;
+    slot_t *s = &slots[slot];
+    pthread_mutex_lock(&s->mu);
+    while (s->used == 0) {
+        s->reader_waiting = 1;
+        pthread_cond_wait(&s->cv, &s->mu);
+        s->reader_waiting = 0;
+    }
+    size_t moved = 0;
+    while (moved < s->used) {
+        entry_t head;
+        memcpy(&head, s->buf + moved, sizeof head);
+        size_t size = sizeof head + padded(head.len);
+        if (moved + size > cap) break;
+        moved += size;
+    }
+    long result;
+    if (moved == 0) {
+        entry_t head;
+        memcpy(&head, s->buf, sizeof head);
+        result = -(long)(sizeof head + padded(head.len));
+    } else {
+        memcpy(out, s->buf, moved);
+        memmove(s->buf, s->buf + moved, s->used - moved);
+        s->used -= moved;
+        result = (long)moved;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return result;
+}
+
+/* Free the slot; only once no callback and no reader can use it any more. */
+void rkmq_handoff_close(int slot) {
+    if (slot < 0 || slot >= HANDOFF_SLOTS) return;
+    pthread_mutex_lock(&table_mu);
+    slot_t *s = &slots[slot];
+    if (s->in_use) {
+        free(s->buf);
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        memset(s, 0, sizeof *s);
+    }
+    pthread_mutex_unlock(&table_mu);
+}

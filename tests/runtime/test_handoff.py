@@ -1,0 +1,142 @@
+"""The token hand-off: the C callback never waits for Python, and the Python fallback (a build
+without a C compiler) serves the same answers.
+
+The GIL test holds the GIL in the main thread (a pure-Python loop with a switch interval longer
+than the loop) while the simulator generates: the runtime's callbacks, stamped by the simulator
+itself (RKLLM_SIM_CALLBACK_TIMES), must all have returned inside that window with the C hand-off,
+and cannot with the Python one.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from rkllm_mqtt.runtime import Event, FinalEvent, GenerationRequest, Session, TokenEvent
+from rkllm_mqtt.runtime import handoff as handoff_module
+from rkllm_mqtt.simulator import expected_answer
+
+WAIT_S = 30
+
+
+@pytest.fixture
+def python_handoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions opened from now on use the Python callback, as a build without the C part does."""
+    monkeypatch.setattr(handoff_module, "native_library", lambda: None)
+
+
+@pytest.fixture
+def callback_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "callback-ns"
+    path.write_text("")
+    monkeypatch.setenv("RKLLM_SIM_CALLBACK_TIMES", str(path))
+    return path
+
+
+def _returned_ns(path: Path) -> list[int]:
+    """When each NORMAL callback returned to the runtime (CLOCK_MONOTONIC ns)."""
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [int(start) + int(ns) for start, ns in rows]
+
+
+def test_the_c_handoff_is_built_and_used(open_session: Callable[..., Session]) -> None:
+    assert handoff_module.native_library() is not None, "rkllm_mqtt/runtime/handoff.c was not built"
+    session = open_session("1.3")
+    assert session.handoff_kind == "C"
+
+
+@pytest.mark.parametrize("kind", ["C", "Python"])
+def test_every_family_answers_the_same_through_either_handoff(
+    request: pytest.FixtureRequest, open_session: Callable[..., Session], family: str, kind: str,
+) -> None:
+    if kind == "Python":
+        request.getfixturevalue("python_handoff")
+    session = open_session(family)
+    assert session.handoff_kind == kind
+    pieces: list[str] = []
+    # multi-byte characters cut across callbacks, a stop sequence, a length cap
+    outcome = session.generate(GenerationRequest(prompt="hi")).result(WAIT_S)
+    assert isinstance(outcome, FinalEvent) and outcome.text == expected_answer("hi")
+    generation = session.generate(GenerationRequest(prompt="[sim:tokens=9]", stop=("tok4",)))
+    for event in generation:
+        if isinstance(event, TokenEvent):
+            pieces.append(event.text)
+    final = generation.result(WAIT_S)
+    assert isinstance(final, FinalEvent)
+    assert (final.text, final.finish_reason) == ("tok0 tok1 tok2 tok3 ", "stop_sequence")
+    assert "".join(pieces) == final.text
+    capped = session.generate(GenerationRequest(prompt="[sim:tokens=9]", max_new_tokens=2))
+    final = capped.result(WAIT_S)
+    assert isinstance(final, FinalEvent)
+    assert (final.text, final.finish_reason, final.stats.completion_tokens) == (
+        "tok0 tok1", "length", 2)
+    if family in ("1.2", "1.3"):  # RKLLMPerfStat came through the hand-off
+        assert final.stats.prefill_ms is not None and final.stats.memory_mb is not None
+
+
+@pytest.fixture
+def gil_held() -> Iterator[Callable[[float], tuple[int, int]]]:
+    """hold(seconds): spin in Python without giving up the GIL; returns (start, end) in ns."""
+    saved = sys.getswitchinterval()
+
+    def hold(seconds: float) -> tuple[int, int]:
+        sys.setswitchinterval(seconds * 20)  # no other thread gets the GIL before we block
+        start = time.monotonic_ns()
+        end_by = start + int(seconds * 1e9)
+        while time.monotonic_ns() < end_by:
+            pass
+        end = time.monotonic_ns()
+        sys.setswitchinterval(saved)
+        return start, end
+
+    yield hold
+    sys.setswitchinterval(saved)
+
+
+def _generate_while_the_gil_is_held(session: Session,
+                                    hold: Callable[[float], tuple[int, int]]
+                                    ) -> tuple[FinalEvent, tuple[int, int]]:
+    first = threading.Event()
+
+    def sink(event: Event) -> None:
+        first.set()
+
+    # 40 tokens 5 ms apart: the run is well inside the 1 s window once its first token is out
+    generation = session.generate(
+        GenerationRequest(prompt="[sim:tokens=40] [sim:delay_ms=5]"), sink)
+    assert first.wait(WAIT_S)
+    window = hold(1.0)
+    outcome = generation.result(WAIT_S)
+    assert isinstance(outcome, FinalEvent) and outcome.text == " ".join(
+        f"tok{i}" for i in range(40))
+    return outcome, window
+
+
+def test_the_c_callback_returns_while_python_holds_the_gil(
+    open_session: Callable[..., Session], callback_times: Path,
+    gil_held: Callable[[float], tuple[int, int]],
+) -> None:
+    session = open_session("1.3")
+    _, (start, end) = _generate_while_the_gil_is_held(session, gil_held)
+    returned = _returned_ns(callback_times)
+    assert len(returned) == 40
+    during = [t for t in returned if t > start]
+    assert len(during) >= 30  # most tokens were made inside the window ...
+    assert max(returned) < end  # ... and none of them waited for the GIL
+
+
+def test_the_python_callback_waits_for_the_gil(
+    python_handoff: None, open_session: Callable[..., Session], callback_times: Path,
+    gil_held: Callable[[float], tuple[int, int]],
+) -> None:
+    """The cost the C hand-off removes (and why `check` and the log say which one runs)."""
+    session = open_session("1.3")
+    _, (_, end) = _generate_while_the_gil_is_held(session, gil_held)
+    returned = _returned_ns(callback_times)
+    assert len(returned) == 40
+    assert any(t >= end for t in returned)  # the runtime sat in its callback until we let go
