@@ -15,6 +15,7 @@ benchmarks/reliability-results.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -149,15 +150,37 @@ class _NoOpHandOff(PythonHandOff):
         self.callback = module.LLMResultCallback(lambda result, userdata, state: 0)
 
 
+_C_NOOP = "int rkmq_noop(void *result, void *userdata, int state) { return 0; }\n"
+
+
+class _CNoOpHandOff(PythonHandOff):
+    """The floor of the machine itself: a C callback that returns 0 at once (what a C program
+    such as Rockchip's own demo would at best pay)."""
+
+    library: ctypes.CDLL | None = None
+
+    def __init__(self, module: Any) -> None:
+        super().__init__(module)
+        if _CNoOpHandOff.library is None:
+            work = Path(tempfile.mkdtemp(prefix="rkllm-noop-"))
+            (work / "noop.c").write_text(_C_NOOP)
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(work / "libnoop.so"),
+                            str(work / "noop.c")], check=True, timeout=60)
+            _CNoOpHandOff.library = ctypes.CDLL(str(work / "libnoop.so"))
+        address = ctypes.cast(_CNoOpHandOff.library.rkmq_noop, ctypes.c_void_p).value
+        self.callback = module.LLMResultCallback(address)
+
+
 def callback_in_session(sim: Simulator, tokens: int = 1000, decode_tps: float = 500.0
-                        ) -> tuple[CallbackTime, CallbackTime, CallbackTime]:
-    """How long the runtime waits for the callback, in one process, one after the other: a no-op
-    Python callback (the floor of any ctypes binding on this machine now), our Python callback
-    (used when the C part is not built) and our C hand-off, each with the token thread doing a
-    daemon's work per token (competing for the GIL)."""
+                        ) -> tuple[CallbackTime, CallbackTime, CallbackTime, CallbackTime]:
+    """How long the runtime waits for the callback, in one process, one after the other: a C
+    no-op (the machine's floor), a no-op Python callback (the floor of any ctypes binding on this
+    machine now), our Python callback (used when the C part is not built) and our C hand-off, each
+    with the token thread doing a daemon's work per token (competing for the GIL)."""
     options = RuntimeOptions(library=str(sim.library), abi=ABI, model=str(sim.model),
                              max_context_len=MAX_CONTEXT)
     variants: dict[str, Callable[[Any], HandOff]] = {
+        "no-op C callback": _CNoOpHandOff,
         "no-op Python callback": _NoOpHandOff,
         "ours, Python callback": PythonHandOff,
         "ours, C hand-off": lambda module: NativeHandOff.open(module) or _missing_c(),
@@ -179,8 +202,9 @@ def callback_in_session(sim: Simulator, tokens: int = 1000, decode_tps: float = 
             finally:
                 session_module.open_handoff = open_handoff
     pace = f"{decode_tps:g} tok/s"
-    noop, python, native = (CallbackTime.of(f"{name}, {pace}", ns) for name, ns in results.items())
-    return noop, python, native
+    c_noop, noop, python, native = (CallbackTime.of(f"{name}, {pace}", ns)
+                                    for name, ns in results.items())
+    return c_noop, noop, python, native
 
 
 def _missing_c() -> HandOff:
@@ -385,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                                f"the child costs {child.rss_mb - inproc.rss_mb:.1f} MB"))
         print("[bench] callback time, in one process: no-op, Python, C ...", file=sys.stderr,
               flush=True)
-        noop, python, native = callback_in_session(sim)
-        for cb in (noop, python):
+        c_noop, noop, python, native = callback_in_session(sim)
+        for cb in (c_noop, noop, python):
             rows.append(report.Row(f"time the runtime waits for the callback: {cb.label}",
                                    f"p50 {cb.p50_us:.1f} µs, p99 {cb.p99_us:.1f} µs, "
                                    f"max {cb.max_us:.0f} µs ({cb.tokens} tokens)", "—", "info"))
@@ -395,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                                f"max {native.max_us:.0f} µs ({native.tokens} tokens)",
                                f"≤ {CALLBACK_BUDGET_US:.0f} µs p99",
                                report._verdict(native.p99_us <= CALLBACK_BUDGET_US),
-                               f"{native.p99_us / noop.p99_us:.2f}× the no-op Python callback's "
-                               f"p99; {native.p99_us / 60_000 * 100:.4f} % of a 60 ms token"))
+                               f"+{native.p99_us - c_noop.p99_us:.1f} µs over the C no-op, "
+                               f"{native.p99_us / noop.p99_us:.2f}× the no-op Python callback "
+                               f"(p99); {native.p99_us / 60_000 * 100:.4f} % of a 60 ms token"))
         for isolation in ("process", "thread"):
             print(f"[bench] callback time, whole daemon, {isolation} ...", file=sys.stderr,
                   flush=True)

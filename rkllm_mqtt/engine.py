@@ -20,7 +20,6 @@ import logging
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from typing import Protocol
 
@@ -29,7 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from rkllm_mqtt import errors
 from rkllm_mqtt.config import RuntimeSettings
 from rkllm_mqtt.errors import RkllmMqttError, RuntimeInitError, RuntimeRunError
-from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, FinalEvent, Session, TokenEvent
+from rkllm_mqtt.runtime import ErrorCode, ErrorEvent, FinalEvent, Session, TokenEvent, child
 from rkllm_mqtt.runtime.child import Abort, Close, Emitted, Failed, FromChild, Opened, Run, Start
 from rkllm_mqtt.runtime.contract import AbortReason
 from rkllm_mqtt.runtime.jobs import EngineInfo, Jobs, JobSink, RunCommand
@@ -138,9 +137,8 @@ class ProcessEngine:
         # it re-imports the caller's main module), talking over an inherited socket.
         parent_sock, child_sock = socket.socketpair()
         with child_sock:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rkllm_mqtt.runtime.child", str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(child.command(child_sock.fileno()),
+                                    pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL)
         parent = Channel(parent_sock.detach())
         try:
             parent.send(Start(self._options, logging.getLogger().level))

@@ -6,7 +6,8 @@ token thread. Two implementations of that hand-off, one interface:
 
 - `NativeHandOff`: the callback is C (handoff.c, built with the package as
   `rkllm_mqtt.runtime._handoff`). It never takes the GIL, so no thread of ours can make the NPU
-  wait; the token thread blocks in `rkmq_handoff_read`, a ctypes call that releases the GIL.
+  wait, and it does not even wake the token thread: that one waits in `rkmq_handoff_read`, a
+  ctypes call that releases the GIL, and looks every 0.1 ms while a run is on.
 - `PythonHandOff`: a ctypes callback, used when the C part was not built (no C compiler when
   the package was installed). It must take the GIL first, which costs tens of microseconds
   whenever another thread holds it.
@@ -40,8 +41,11 @@ from rkllm_mqtt.runtime.common import (
 log = logging.getLogger(__name__)
 
 Entry = tuple[int, bytes, float]
+# The caller's markers (handoff.c has the same values). Between BEGIN_OF_RUN and the next marker
+# the C reader looks for entries every 0.1 ms by itself, so the callback never has to wake it.
 END_OF_RUN = -1  # pushed by the worker once rkllm_run returned
 STOP = -2  # ends `entries()`
+BEGIN_OF_RUN = -3  # pushed by the worker just before rkllm_run
 
 _HEADER = struct.Struct("=iIq")  # entry_t in handoff.c: state, len, t_ns
 _READ_BUFFER = 64 * 1024
@@ -65,8 +69,7 @@ def native_library() -> ctypes.CDLL | None:
         lib.rkmq_handoff_open.restype = ctypes.c_int
         lib.rkmq_handoff_callback.argtypes = [ctypes.c_int]
         lib.rkmq_handoff_callback.restype = ctypes.c_void_p
-        lib.rkmq_handoff_push.argtypes = [ctypes.c_int, ctypes.c_int32, ctypes.c_char_p,
-                                          ctypes.c_size_t]
+        lib.rkmq_handoff_push.argtypes = [ctypes.c_int, ctypes.c_int32]
         lib.rkmq_handoff_push.restype = ctypes.c_int
         lib.rkmq_handoff_read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
         lib.rkmq_handoff_read.restype = ctypes.c_long
@@ -142,7 +145,7 @@ class NativeHandOff(HandOff):
                 offset += (length + 7) & ~7
 
     def push(self, state: int) -> None:
-        if self._lib.rkmq_handoff_push(self._slot, state, None, 0) != 0:
+        if self._lib.rkmq_handoff_push(self._slot, state) != 0:
             raise RuntimeError(f"the C token hand-off refused a marker (slot {self._slot})")
 
     def close(self) -> None:

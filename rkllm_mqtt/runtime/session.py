@@ -49,7 +49,7 @@ from rkllm_mqtt.runtime.events import (
     RunStats,
     TokenEvent,
 )
-from rkllm_mqtt.runtime.handoff import END_OF_RUN, STOP, HandOff, open_handoff
+from rkllm_mqtt.runtime.handoff import BEGIN_OF_RUN, END_OF_RUN, STOP, HandOff, open_handoff
 from rkllm_mqtt.runtime.library import LoadedLibrary, family_of_version, open_library
 from rkllm_mqtt.runtime.nativelog import (
     capture_native_output,
@@ -657,6 +657,8 @@ class Session:
             run.length_cap = min((c for c in (request_cap, init_cap) if c), default=None)
 
         self._draining = run  # the token thread is idle: the run before has drained
+        assert self._handoff is not None
+        self._handoff.push(BEGIN_OF_RUN)
         with self._run_lock:
             self._current = run
             skip = run.stop_reason is not None  # aborted between dequeue and here
@@ -670,7 +672,6 @@ class Session:
         finally:
             with self._run_lock:
                 self._current = None
-            assert self._handoff is not None
             self._handoff.push(END_OF_RUN)
             run.drained.wait()  # every token of the run is decoded and emitted before its end
         ended = time.monotonic()
@@ -777,6 +778,8 @@ class Session:
                 if state == END_OF_RUN:
                     if run is not None:
                         run.drained.set()
+                elif state == BEGIN_OF_RUN:
+                    continue
                 elif run is not None:
                     try:
                         self._take(run, state, data, at, perf_struct)
