@@ -205,6 +205,7 @@ class Service:
                                         and self.settings.runtime.keep_history)
         self._state = "idle"
         self._ready = True
+        self._heap.trim()
         log.info("serving %s (RKLLM %s, runtime %s) on %s", self._info.model, self._info.abi,
                  self._info.runtime_version or "unknown", self.topics.prompt)
         self._loop_thread = threading.Thread(target=self._loop, name="rkllm-service", daemon=True)
