@@ -46,14 +46,26 @@ def _final(sub: Subscriber, request_id: str) -> dict[str, Any]:
     raise LookupError(request_id)
 
 
+_REFUSED_FULL: dict[str, int] = {}  # tag -> how often its good request was answered queue_full
+
+
 def _good(sub: Subscriber, prefix: str, tag: str) -> float:
-    """A good request after a fault; seconds until its (correct) answer."""
-    rid = f"good-{tag}"
+    """A good request after a fault; seconds until its (correct) answer.
+
+    Answered `queue_full` (the real requests among hostile payloads can still fill the queue),
+    it is sent again a little later, as a client does; a retry has an id of its own."""
     t0 = time.perf_counter()
-    sub.request(f"{prefix}/prompt", rid, f"good after {tag}")
-    sub.wait_final(rid, 60)
+    for attempt in range(50):
+        rid = f"good-{tag}" + (f"-{attempt}" if attempt else "")
+        sub.request(f"{prefix}/prompt", rid, f"good after {tag}")
+        sub.wait_final(rid, 60)
+        final = _final(sub, rid)
+        if final.get("error", {}).get("code") != "queue_full":
+            break
+        _REFUSED_FULL[tag] = attempt + 1
+        time.sleep(0.2)
     elapsed = time.perf_counter() - t0
-    assert _final(sub, rid)["text"] == expected_answer(f"good after {tag}"), _final(sub, rid)
+    assert final.get("text") == expected_answer(f"good after {tag}"), final
     return elapsed
 
 
@@ -174,7 +186,10 @@ def main() -> int:
         after = _good(sub, prefix, "hostile")  # answered after every payload before it
         figures.append(("3,000 hostile payloads",
                         f"sent in {sent:.1f} s; all handled and a good request after them "
-                        f"answered {after:.1f} s after the last was sent"))
+                        f"answered {after:.1f} s after the last was sent"
+                        + (f" (sent {_REFUSED_FULL['hostile'] + 1} times: the real requests "
+                           "among them had filled the queue)" if "hostile" in _REFUSED_FULL
+                           else "")))
 
         # the broker gone longer than the keepalive in the middle of a generation; the client
         # keeps a persistent session, as Home Assistant's MQTT integration does
