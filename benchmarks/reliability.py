@@ -285,7 +285,7 @@ def _runtime_alone_ms(sim: Simulator) -> float:
         session.close()
 
 
-def end_to_end(b: Broker, sim: Simulator, rounds: int = 3) -> EndToEnd:
+def end_to_end(b: Broker, sim: Simulator, rounds: int = 5) -> EndToEnd:
     """Each variant `rounds` times, interleaved; the best of each (noise only ever adds)."""
     with sim_env(RKLLM_SIM_SPEED="rk3588"):
         alone: list[float] = []
