@@ -218,7 +218,7 @@ class Session:
         )
         self._thread: threading.Thread | None = None
         self._handoff: HandOff | None = None  # the callback's entries, for the token thread
-        self._draining: _Run | None = None  # the run whose entries the token thread takes now
+        self._draining: _Run | None = None  # the run the next BEGIN_OF_RUN marker opens
         self._token_thread: threading.Thread | None = None
         self._closed = False
         self._lib: LoadedLibrary | None = None
@@ -656,7 +656,7 @@ class Session:
             run.limit = request_cap
             run.length_cap = min((c for c in (request_cap, init_cap) if c), default=None)
 
-        self._draining = run  # the token thread is idle: the run before has drained
+        self._draining = run  # read by the token thread when it takes the marker below
         assert self._handoff is not None
         self._handoff.push(BEGIN_OF_RUN)
         with self._run_lock:
@@ -772,14 +772,15 @@ class Session:
         _yield_to_the_runtime()
         assert self._handoff is not None and self._lib is not None
         perf_struct = getattr(self._lib.module, "RKLLMPerfStat", None)
+        run: _Run | None = None  # between BEGIN_OF_RUN and END_OF_RUN; what comes outside is dropped
         try:
             for state, data, at in self._handoff.entries():
-                run = self._draining
-                if state == END_OF_RUN:
+                if state == BEGIN_OF_RUN:
+                    run = self._draining  # set by the worker before it pushed the marker
+                elif state == END_OF_RUN:
                     if run is not None:
                         run.drained.set()
-                elif state == BEGIN_OF_RUN:
-                    continue
+                    run = None
                 elif run is not None:
                     try:
                         self._take(run, state, data, at, perf_struct)

@@ -9,6 +9,7 @@ and cannot with the Python one.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import time
@@ -140,3 +141,25 @@ def test_the_python_callback_waits_for_the_gil(
     returned = _returned_ns(callback_times)
     assert len(returned) == 40
     assert any(t >= end for t in returned)  # the runtime sat in its callback until we let go
+
+
+@pytest.mark.parametrize("kind", ["C", "Python"])
+def test_a_callback_outside_a_run_is_dropped(
+    request: pytest.FixtureRequest, open_session: Callable[..., Session], kind: str,
+) -> None:
+    """A library that calls back after rkllm_run returned (or before the next one) must not put
+    text into a finished answer or the next one."""
+    if kind == "Python":
+        request.getfixturevalue("python_handoff")
+    session = open_session("1.3")
+    events: list[Event] = []
+    first = session.generate(GenerationRequest(prompt="[sim:tokens=3]"), events.append)
+    assert first.result(WAIT_S).text == "tok0 tok1 tok2"
+    module = session._lib.module  # type: ignore[union-attr]
+    stray = module.RKLLMResult()
+    stray.text = b" stray"
+    assert session._handoff is not None
+    session._handoff.callback(ctypes.byref(stray), None, 0)  # RKLLM_RUN_NORMAL, between runs
+    second = session.generate(GenerationRequest(prompt="[sim:tokens=2]")).result(WAIT_S)
+    assert second.text == "tok0 tok1"
+    assert isinstance(events[-1], FinalEvent)  # nothing reached the first after its final
