@@ -1,5 +1,5 @@
 /*
- * The RKLLM result callback in C: copy the token, stamp it, wake the reader, return.
+ * The RKLLM result callback in C: copy the token, stamp it, return.
  *
  * The runtime waits for its callback to return before it decodes the next token (rkllm.h from
  * rknn-llm 1.2.1: "return 0: continue; 1: pause"), so whatever the callback does, the NPU waits
@@ -8,13 +8,15 @@
  * mutex and returns; a Python thread in rkmq_handoff_read (a ctypes call, so without the GIL)
  * takes them from there.
  *
- * Nor does it wake that reader. Waking a sleeping thread (a futex wake, an interrupt to another
- * CPU) is the slow part of a hand-off: measured here it made 1 % of the callbacks take 20-130 µs
- * against 2.4 µs without it. So while a run is on (between the caller's BEGIN_OF_RUN and its next
- * marker) the reader looks every POLL_NS by itself; between runs it sleeps until a marker comes.
- * That costs a token at most POLL_NS (plus the timer's lateness) on its way out, 0.1 ms against
- * the NPU's 22-60 ms a token; the reader asks for 1 µs timer slack so the kernel does not add its
- * default 50 µs.
+ * Mostly it does not even wake that reader. Waking a sleeping thread (a futex wake, an interrupt
+ * to another CPU) is the slow part of a hand-off: measured here it made 1 % of the callbacks take
+ * 20-130 µs against 2.4 µs without it. But the NPU makes tokens at a steady pace, so the reader
+ * knows when the next one is due: it sleeps until shortly before (the interval of the last two
+ * tokens, minus an eighth of it, at least 1 ms), then looks every POLL_NS by itself until it
+ * comes. The callback wakes the reader only when it is in that long sleep (the first tokens of a
+ * run, a token earlier or later than due), so a token waits at most POLL_NS (plus the timer's
+ * lateness; 1 µs timer slack is asked for) and the reader wakes a few dozen times per token,
+ * not ten thousand times a second (that cost 20 % of a CPU here).
  *
  * Nothing here depends on one ABI family: the caller passes where `text` and `perf` sit in the
  * family's RKLLMResult (`text` is its first member in every release 1.1.0 - 1.3.0; `perf`
@@ -34,7 +36,8 @@
 #include <time.h>
 
 #define HANDOFF_SLOTS 16
-#define POLL_NS 100000L /* how often the reader looks while a run is on */
+#define POLL_NS 100000L       /* how often the reader looks while a token is due */
+#define MIN_WINDOW_NS 1000000L /* it starts looking at least this long before the token is due */
 
 /* The caller's markers (negative, never an LLMCallState); handoff.py names them too. */
 enum { END_OF_RUN = -1, STOP = -2, BEGIN_OF_RUN = -3 };
@@ -52,7 +55,8 @@ typedef struct {
     unsigned char *buf;
     size_t used, cap;
     size_t text_offset, perf_offset, perf_size;
-    int in_use, running, reader_waiting;
+    int64_t last_ns, interval_ns; /* the last token of this run, and the gap before it */
+    int in_use, running, reader_waiting, reader_asleep;
 } slot_t;
 
 static slot_t slots[HANDOFF_SLOTS];
@@ -66,8 +70,10 @@ static int64_t now_ns(void) {
 
 static size_t padded(size_t n) { return (n + 7u) & ~(size_t)7u; }
 
-/* Append one entry (waking the reader if `wake`); 0, or -1 if memory ran out (the entry is lost,
- * nothing else). */
+enum { RUN_NORMAL = 0, RUN_WAITING = 1, RUN_FINISH = 2, RUN_ERROR = 3 };
+
+/* Append one entry, waking the reader if `wake` or if it is in its long sleep; 0, or -1 if memory
+ * ran out (the entry is lost, nothing else). */
 static int append(slot_t *s, int32_t state, const void *data, size_t len, int64_t t_ns, int wake) {
     size_t need = sizeof(entry_t) + padded(len);
     if (len > UINT32_MAX) return -1;
@@ -86,13 +92,17 @@ static int append(slot_t *s, int32_t state, const void *data, size_t len, int64_
     memcpy(s->buf + s->used, &head, sizeof head);
     if (len) memcpy(s->buf + s->used + sizeof head, data, len);
     s->used += need;
-    if (state < 0) s->running = state == BEGIN_OF_RUN;
-    if (wake && s->reader_waiting) pthread_cond_signal(&s->cv);
+    if (state < 0) {
+        s->running = state == BEGIN_OF_RUN;
+        s->last_ns = s->interval_ns = 0;
+    } else if (state == RUN_NORMAL || state == RUN_WAITING) {
+        s->interval_ns = s->last_ns ? t_ns - s->last_ns : 0;
+        s->last_ns = t_ns;
+    }
+    if (s->reader_waiting && (wake || s->reader_asleep)) pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
-
-enum { RUN_NORMAL = 0, RUN_WAITING = 1, RUN_FINISH = 2, RUN_ERROR = 3 };
 
 static int deliver(slot_t *s, const unsigned char *result, int state) {
     if (!s->in_use) return 0; /* a callback after the session let go of its slot */
@@ -159,8 +169,14 @@ int rkmq_handoff_push(int slot, int32_t state) {
     return append(&slots[slot], state, NULL, 0, now_ns(), 1);
 }
 
-/* Wait until there is at least one entry (looking every POLL_NS while a run is on, else until a
- * marker wakes us), then move as many whole entries as fit into `out`.
+static struct timespec at(int64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    return ts;
+}
+
+/* Wait until there is at least one entry, then move as many whole entries as fit into `out`.
+ * While a token is due (see the top) the wait looks every POLL_NS; otherwise it sleeps until the
+ * next token is due, or until the callback or a marker wakes it.
  * Returns the bytes moved; -(bytes needed) when the first entry alone is larger than `cap`;
  * -1 for a slot that is not open. */
 long rkmq_handoff_read(int slot, unsigned char *out, size_t cap) {
@@ -170,17 +186,22 @@ long rkmq_handoff_read(int slot, unsigned char *out, size_t cap) {
     if (!slack_set) slack_set = 1, prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     pthread_mutex_lock(&s->mu);
     while (s->used == 0) {
+        int64_t now = now_ns(), due = s->last_ns + s->interval_ns;
+        int64_t window = s->interval_ns / 8 > MIN_WINDOW_NS ? s->interval_ns / 8 : MIN_WINDOW_NS;
+        int known = s->running && s->last_ns && s->interval_ns > 0;
         s->reader_waiting = 1;
-        if (s->running) {
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            until.tv_nsec += POLL_NS;
-            if (until.tv_nsec >= 1000000000L) until.tv_sec += 1, until.tv_nsec -= 1000000000L;
+        if (known && now >= due - window && now <= due + 2 * window) {
+            struct timespec until = at(now + POLL_NS);  /* due: look again soon */
             pthread_cond_timedwait(&s->cv, &s->mu, &until);
-        } else {
+        } else if (known && now < due - window) {
+            struct timespec until = at(due - window);  /* not yet due: sleep until it is */
+            s->reader_asleep = 1;
+            pthread_cond_timedwait(&s->cv, &s->mu, &until);
+        } else {  /* no run, no pace yet, or the token is late: sleep until woken */
+            s->reader_asleep = 1;
             pthread_cond_wait(&s->cv, &s->mu);
         }
-        s->reader_waiting = 0;
+        s->reader_waiting = s->reader_asleep = 0;
     }
     size_t moved = 0;
     while (moved < s->used) {

@@ -6,8 +6,9 @@ token thread. Two implementations of that hand-off, one interface:
 
 - `NativeHandOff`: the callback is C (handoff.c, built with the package as
   `rkllm_mqtt.runtime._handoff`). It never takes the GIL, so no thread of ours can make the NPU
-  wait, and it does not even wake the token thread: that one waits in `rkmq_handoff_read`, a
-  ctypes call that releases the GIL, and looks every 0.1 ms while a run is on.
+  wait, and it rarely even wakes the token thread: that one waits in `rkmq_handoff_read`, a
+  ctypes call that releases the GIL, sleeps until the next token is due at the run's pace and
+  then looks every 0.1 ms until it comes.
 - `PythonHandOff`: a ctypes callback, used when the C part was not built (no C compiler when
   the package was installed). It must take the GIL first, which costs tens of microseconds
   whenever another thread holds it.
@@ -41,8 +42,9 @@ from rkllm_mqtt.runtime.common import (
 log = logging.getLogger(__name__)
 
 Entry = tuple[int, bytes, float]
-# The caller's markers (handoff.c has the same values). Between BEGIN_OF_RUN and the next marker
-# the C reader looks for entries every 0.1 ms by itself, so the callback never has to wake it.
+# The caller's markers (handoff.c has the same values); they always wake the reader. Between
+# BEGIN_OF_RUN and the next marker the C reader follows the run's pace, so the callback wakes it
+# only when a token comes before or long after it is due.
 END_OF_RUN = -1  # pushed by the worker once rkllm_run returned
 STOP = -2  # ends `entries()`
 BEGIN_OF_RUN = -3  # pushed by the worker just before rkllm_run
