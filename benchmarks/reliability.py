@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -205,6 +206,34 @@ def callback_in_session(sim: Simulator, tokens: int = 1000, decode_tps: float = 
     c_noop, noop, python, native = (CallbackTime.of(f"{name}, {pace}", ns)
                                     for name, ns in results.items())
     return c_noop, noop, python, native
+
+
+def handoff_cpu(sim: Simulator) -> dict[str, float]:
+    """CPU the process uses during one RK3588-paced run (100 tokens at 60 ms after a 378 ms
+    prefill), in % of one CPU, with the C hand-off and with the Python callback: what waiting for
+    tokens costs besides the runtime's own threads (the simulator's sleep costs nothing)."""
+    options = RuntimeOptions(library=str(sim.library), abi=ABI, model=str(sim.model),
+                             max_context_len=MAX_CONTEXT)
+    used: dict[str, float] = {}
+    variants: dict[str, Callable[[Any], HandOff]] = {
+        "C hand-off": lambda module: NativeHandOff.open(module) or _missing_c(),
+        "Python callback": PythonHandOff,
+    }
+    with sim_env(RKLLM_SIM_SPEED="rk3588"):
+        for name, make in variants.items():
+            session_module.open_handoff = make  # type: ignore[assignment]
+            try:
+                session = Session(options)
+                session.open()
+                try:
+                    cpu0, t0 = time.process_time(), time.monotonic()
+                    session.generate(GenerationRequest(prompt=E2E_PROMPT)).result(60)
+                    used[name] = (time.process_time() - cpu0) / (time.monotonic() - t0) * 100
+                finally:
+                    session.close()
+            finally:
+                session_module.open_handoff = open_handoff
+    return used
 
 
 def _missing_c() -> HandOff:
@@ -422,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
                                f"+{native.p99_us - c_noop.p99_us:.1f} µs over the C no-op, "
                                f"{native.p99_us / noop.p99_us:.2f}× the no-op Python callback "
                                f"(p99); {native.p99_us / 60_000 * 100:.4f} % of a 60 ms token"))
+        cpu = handoff_cpu(sim)
+        rows.append(report.Row("CPU of one process during an RK3588-paced run (100 tokens at 60 ms)",
+                               ", ".join(f"{name} {pct:.2f} %" for name, pct in cpu.items())
+                               + " of one CPU", "—", "info"))
         for isolation in ("process", "thread"):
             print(f"[bench] callback time, whole daemon, {isolation} ...", file=sys.stderr,
                   flush=True)
