@@ -189,19 +189,11 @@ def callback_in_session(sim: Simulator, tokens: int = 1000, decode_tps: float = 
     results: dict[str, list[int]] = {}
     with sim_env(RKLLM_SIM_DECODE_TPS=str(decode_tps)), _callback_times() as path:
         for name, make in variants.items():
-            session_module.open_handoff = make  # type: ignore[assignment]
-            try:
-                session = Session(options)
-                session.open()
-                try:
-                    path.write_text("")
-                    request = GenerationRequest(prompt=f"[sim:tokens={tokens}]")
-                    session.generate(request, _json_sink).result(120)
-                    results[name] = _read_ns(path)
-                finally:
-                    session.close()
-            finally:
-                session_module.open_handoff = open_handoff
+            with _session_with(make, options) as session:
+                path.write_text("")
+                request = GenerationRequest(prompt=f"[sim:tokens={tokens}]")
+                session.generate(request, _json_sink).result(120)
+                results[name] = _read_ns(path)
     pace = f"{decode_tps:g} tok/s"
     c_noop, noop, python, native = (CallbackTime.of(f"{name}, {pace}", ns)
                                     for name, ns in results.items())
@@ -221,19 +213,27 @@ def handoff_cpu(sim: Simulator) -> dict[str, float]:
     }
     with sim_env(RKLLM_SIM_SPEED="rk3588"):
         for name, make in variants.items():
-            session_module.open_handoff = make  # type: ignore[assignment]
-            try:
-                session = Session(options)
-                session.open()
-                try:
-                    cpu0, t0 = time.process_time(), time.monotonic()
-                    session.generate(GenerationRequest(prompt=E2E_PROMPT)).result(60)
-                    used[name] = (time.process_time() - cpu0) / (time.monotonic() - t0) * 100
-                finally:
-                    session.close()
-            finally:
-                session_module.open_handoff = open_handoff
+            with _session_with(make, options) as session:
+                cpu0, t0 = time.process_time(), time.monotonic()
+                session.generate(GenerationRequest(prompt=E2E_PROMPT)).result(60)
+                used[name] = (time.process_time() - cpu0) / (time.monotonic() - t0) * 100
     return used
+
+
+@contextmanager
+def _session_with(make: Callable[[Any], HandOff], options: RuntimeOptions) -> Iterator[Session]:
+    """An open Session whose callback is the hand-off `make` builds (the benchmark's choice, not
+    the one the build would pick)."""
+    session_module.open_handoff = make  # type: ignore[assignment]
+    try:
+        session = Session(options)
+        session.open()
+        try:
+            yield session
+        finally:
+            session.close()
+    finally:
+        session_module.open_handoff = open_handoff
 
 
 def _missing_c() -> HandOff:
