@@ -229,8 +229,8 @@ class Session:
         self._template_now: Template | None = None  # what the library currently has
         self._prefill = PrefillState(None, kv_history=False)  # replaced once the handle exists
         self._tools_now: tuple[str, str] | None = None  # last rkllm_set_function_tools arguments
-        # Held for the handle's whole life: the library keeps these pointers.
-        self._callback: Any = None
+        # Held for the handle's whole life: the library keeps its pointer (the callback itself
+        # lives in self._handoff).
         self._callback_struct: Any = None
 
     @property
@@ -269,10 +269,9 @@ class Session:
         self.supports_history = self.abi != "1.1"
         self._param = build_param(loaded.module, loaded.functions, self.settings)
         self._handoff = handoff = open_handoff(loaded.module)
-        self._callback = handoff.callback
         if hasattr(loaded.module, "RKLLMCallback"):  # 1.3.0: rkllm_init takes a struct of callbacks
             self._callback_struct = loaded.module.RKLLMCallback()
-            self._callback_struct.result_callback = self._callback
+            self._callback_struct.result_callback = handoff.callback
 
         thread = threading.Thread(target=self._work, name="rkllm-worker", daemon=True)
         tokens = threading.Thread(target=self._hand_on, name="rkllm-tokens", daemon=True)
@@ -425,12 +424,12 @@ class Session:
         return future.result()
 
     def _init(self) -> None:
-        assert self._lib is not None
+        assert self._lib is not None and self._handoff is not None
         handle = LLMHandle()
         callback = (
             ctypes.byref(self._callback_struct)
             if self._callback_struct is not None
-            else self._callback
+            else self._handoff.callback
         )
         with capture_native_output() as output:
             status = self._api.rkllm_init(ctypes.byref(handle), ctypes.byref(self._param), callback)

@@ -163,3 +163,17 @@ def test_a_callback_outside_a_run_is_dropped(
     second = session.generate(GenerationRequest(prompt="[sim:tokens=2]")).result(WAIT_S)
     assert second.text == "tok0 tok1"
     assert isinstance(events[-1], FinalEvent)  # nothing reached the first after its final
+
+
+def test_an_entry_larger_than_the_read_buffer_gets_through(open_session: Callable[..., Session]) -> None:
+    """The C reader moves whole entries into a 64 KiB buffer; a larger one makes it grow the
+    buffer instead of stalling the token thread (and every run after it)."""
+    session = open_session("1.3")
+    assert session.handoff_kind == "C"
+    module = session._lib.module  # type: ignore[union-attr]
+    huge = module.RKLLMResult()
+    huge.text = b"x" * 100_000
+    assert session._handoff is not None
+    session._handoff.callback(ctypes.byref(huge), None, 0)  # between runs: read, then dropped
+    outcome = session.generate(GenerationRequest(prompt="[sim:tokens=2]")).result(WAIT_S)
+    assert isinstance(outcome, FinalEvent) and outcome.text == "tok0 tok1"
