@@ -177,3 +177,24 @@ def test_an_entry_larger_than_the_read_buffer_gets_through(open_session: Callabl
     session._handoff.callback(ctypes.byref(huge), None, 0)  # between runs: read, then dropped
     outcome = session.generate(GenerationRequest(prompt="[sim:tokens=2]")).result(WAIT_S)
     assert isinstance(outcome, FinalEvent) and outcome.text == "tok0 tok1"
+
+
+def test_with_every_c_slot_taken_a_session_runs_on_the_python_callback(
+    open_session: Callable[..., Session],
+) -> None:
+    """handoff.c has a fixed table of callbacks; the seventeenth session at once must still run."""
+    lib = handoff_module.native_library()
+    assert lib is not None
+    taken: list[int] = []
+    try:
+        while (slot := lib.rkmq_handoff_open(0, 0, 0)) >= 0:
+            taken.append(slot)
+        assert len(taken) <= 16
+        session = open_session("1.3")
+        assert session.handoff_kind == "Python"
+        outcome = session.generate(GenerationRequest(prompt="[sim:tokens=3]")).result(WAIT_S)
+        assert isinstance(outcome, FinalEvent) and outcome.text == "tok0 tok1 tok2"
+    finally:
+        for slot in taken:
+            lib.rkmq_handoff_close(slot)
+    assert open_session("1.3").handoff_kind == "C"  # a freed slot is used again
