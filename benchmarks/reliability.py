@@ -293,8 +293,25 @@ def token_path(b: Broker, sim: Simulator, *, isolation: str, tokens: int = 300,
 
 @dataclass
 class EndToEnd:
-    runtime_ms: float
-    daemon_ms: dict[str, float] = field(default_factory=dict)
+    alone_ms: list[float]  # every round of the runtime alone
+    daemon_ms: dict[str, list[float]]  # publish → final at the subscriber, per isolation
+    inside_ms: dict[str, list[float]]  # the daemon's own receipt → final (`timing.total_ms`)
+
+    @property
+    def runtime_ms(self) -> float:
+        return min(self.alone_ms)
+
+    def best(self, isolation: str) -> float:
+        return min(self.daemon_ms[isolation])
+
+    def best_inside(self, isolation: str) -> float:
+        return min(self.inside_ms[isolation])
+
+    def transport_ms(self, isolation: str) -> float:
+        """The request's way in and the final's way out (MQTT), the median over the rounds."""
+        ways = sorted(e - i for e, i in zip(self.daemon_ms[isolation], self.inside_ms[isolation],
+                                            strict=True))
+        return ways[len(ways) // 2]
 
 
 def _runtime_alone_ms(sim: Simulator) -> float:
@@ -315,23 +332,23 @@ def _runtime_alone_ms(sim: Simulator) -> float:
 
 
 def end_to_end(b: Broker, sim: Simulator, rounds: int = 5) -> EndToEnd:
-    """Each variant `rounds` times, interleaved; the best of each (noise only ever adds)."""
-    with sim_env(RKLLM_SIM_SPEED="rk3588"):
-        alone: list[float] = []
-        daemon_ms: dict[str, list[float]] = {"process": [], "thread": []}
-        with daemon_process(b, sim, isolation="process") as p, \
-                daemon_process(b, sim, isolation="thread") as t:
-            for n in range(rounds):
-                alone.append(_runtime_alone_ms(sim))
-                for isolation, d in (("process", p), ("thread", t)):
-                    rid = f"e2e-{isolation}-{n}"
-                    t0 = d.sub.request(f"{d.prefix}/prompt", rid, E2E_PROMPT)
-                    d.sub.wait_final(rid, 60)
-                    final_at = next(r.at for r in reversed(d.sub.replies)
-                                    if b'"type":"final"' in r.payload[:200]
-                                    and rid.encode() in r.payload[:200])
-                    daemon_ms[isolation].append((final_at - t0) * 1000)
-    return EndToEnd(min(alone), {k: min(v) for k, v in daemon_ms.items()})
+    """Each variant `rounds` times, interleaved; judged on the best of each (noise only ever adds)."""
+    result = EndToEnd([], {"process": [], "thread": []}, {"process": [], "thread": []})
+    with sim_env(RKLLM_SIM_SPEED="rk3588"), daemon_process(b, sim, isolation="process") as p, \
+            daemon_process(b, sim, isolation="thread") as t:
+        for n in range(rounds):
+            result.alone_ms.append(_runtime_alone_ms(sim))
+            for isolation, d in (("process", p), ("thread", t)):
+                rid = f"e2e-{isolation}-{n}"
+                t0 = d.sub.request(f"{d.prefix}/prompt", rid, E2E_PROMPT)
+                d.sub.wait_final(rid, 60)
+                final = next(r for r in reversed(d.sub.replies)
+                             if b'"type":"final"' in r.payload[:200]
+                             and rid.encode() in r.payload[:200])
+                result.daemon_ms[isolation].append((final.at - t0) * 1000)
+                result.inside_ms[isolation].append(
+                    float(json.loads(final.payload)["timing"]["total_ms"]))
+    return result
 
 
 # ----------------------------------------------------------------------------- soak
@@ -493,12 +510,22 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] end to end at RK3588 pace vs the runtime alone ...", file=sys.stderr,
               flush=True)
         e2e = end_to_end(b, sim)
-        for isolation, ms in e2e.daemon_ms.items():
-            pct = (ms - e2e.runtime_ms) / e2e.runtime_ms * 100
+        alone = e2e.runtime_ms
+        rows.append(report.Row(
+            "end to end: the runtime alone (our binding, no daemon, no MQTT), 5 rounds",
+            f"best {alone:.0f} ms, spread {max(e2e.alone_ms) - alone:.1f} ms", "—", "info",
+            f"the simulator's own noise: {(max(e2e.alone_ms) - alone) / alone * 100:.3f} %"))
+        for isolation in e2e.daemon_ms:
+            ms, inside = e2e.best(isolation), e2e.best_inside(isolation)
             rows.append(report.Row(
                 f"end to end, 100 tokens at 60 ms + 378 ms prefill ({isolation})",
-                f"{ms:.0f} ms vs runtime alone {e2e.runtime_ms:.0f} ms (+{ms - e2e.runtime_ms:.1f} ms)",
-                f"goal ≤ {E2E_GOAL_PCT} %", "info", f"{pct:+.3f} %"))
+                f"{ms:.0f} ms vs runtime alone {alone:.0f} ms ({ms - alone:+.1f} ms)",
+                f"goal ≤ {E2E_GOAL_PCT} %", "info", f"{(ms - alone) / alone * 100:+.3f} %"))
+            rows.append(report.Row(
+                f"… of which inside the daemon, receipt → final (`timing.total_ms`, {isolation})",
+                f"{inside:.0f} ms ({inside - alone:+.1f} ms); MQTT in and out "
+                f"{e2e.transport_ms(isolation):.1f} ms (median)", "—", "info",
+                f"{(inside - alone) / alone * 100:+.3f} %"))
         print("[bench] soak, 10,000 hostile payloads ...", file=sys.stderr, flush=True)
         s = soak(b, sim)
         rows.append(report.Row("soak: RSS drift after 10,000 hostile payloads (from 1,000)",
