@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[Event], None]
 T = TypeVar("T")
+TOKEN_THREAD_JOIN_S = 5.0
 
 _QUEUED, _RUNNING, _DONE = "queued", "running", "done"
 
@@ -283,8 +284,8 @@ class Session:
             self._call(self._init)
         except BaseException:
             self._jobs.put(None)
-            handoff.push(STOP)
             thread.join()
+            self._end_token_thread(tokens)
             with self._lock:
                 self._thread = self._token_thread = None
             raise
@@ -300,17 +301,29 @@ class Session:
             if self._closed:
                 return
             self._closed = True
-            running, thread = self._running, self._thread
+            running, thread, tokens = self._running, self._thread, self._token_thread
         if running is not None:
             self._abort(running, "abort")
-        if thread is None:
+        if thread is None or tokens is None:
             return
         self._jobs.put(self._destroy)
         self._jobs.put(None)
         if thread is not threading.current_thread():
             thread.join()
-        if self._handoff is not None:
-            self._handoff.push(STOP)  # after the worker: its last run has drained
+        self._end_token_thread(tokens)  # after the worker: its last run has drained
+
+    def _end_token_thread(self, tokens: threading.Thread) -> None:
+        """Stop the token thread and wait for it, so the hand-off (one of a fixed number of C
+        slots) is free again when close returns; a sink stuck in the caller's code cannot make
+        close hang."""
+        assert self._handoff is not None
+        self._handoff.push(STOP)
+        if tokens is threading.current_thread():  # a sink closed its own session
+            return
+        tokens.join(TOKEN_THREAD_JOIN_S)
+        if tokens.is_alive():
+            log.warning("the token thread did not end within %g s (a sink is still busy); "
+                        "its hand-off is freed when it does", TOKEN_THREAD_JOIN_S)
 
     def __enter__(self) -> Session:
         self.open()
