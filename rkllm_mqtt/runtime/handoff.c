@@ -20,8 +20,9 @@
  *
  * Nothing here depends on one ABI family: the caller passes where `text` and `perf` sit in the
  * family's RKLLMResult (`text` is its first member in every release 1.1.0 - 1.3.0; `perf`
- * exists from 1.2.1). The callback is declared returning int and always returns 0 ("continue");
- * for the families whose callback returns void (1.1.x, 1.2.0) the runtime ignores the value.
+ * exists from 1.2.1). Each slot has its callback in both of the header's types: returning int
+ * (always 0, "continue") for 1.2.1 and later, returning void for 1.1.x and 1.2.0, so the runtime
+ * calls a function of exactly the type its rkllm.h declares.
  *
  * The session does not use `userdata` to find its state: each open session owns one of
  * HANDOFF_SLOTS slots, and each slot has its own callback function.
@@ -124,16 +125,30 @@ static int deliver(slot_t *s, const unsigned char *result, int state) {
     static int callback_##n(void *result, void *userdata, int state) { \
         (void)userdata; \
         return deliver(&slots[n], result, state); \
+    } \
+    static void void_callback_##n(void *result, void *userdata, int state) { \
+        (void)userdata; \
+        deliver(&slots[n], result, state); \
     }
 CALLBACK(0) CALLBACK(1) CALLBACK(2) CALLBACK(3) CALLBACK(4) CALLBACK(5) CALLBACK(6) CALLBACK(7)
 CALLBACK(8) CALLBACK(9) CALLBACK(10) CALLBACK(11) CALLBACK(12) CALLBACK(13) CALLBACK(14)
 CALLBACK(15)
 
+/* typedef int (*LLMResultCallback)(RKLLMResult*, void*, LLMCallState): rkllm.h 1.2.1 - 1.3.0 */
 typedef int (*callback_t)(void *, void *, int);
 static const callback_t callbacks[HANDOFF_SLOTS] = {
     callback_0, callback_1, callback_2, callback_3, callback_4, callback_5, callback_6,
     callback_7, callback_8, callback_9, callback_10, callback_11, callback_12, callback_13,
     callback_14, callback_15,
+};
+
+/* typedef void (*LLMResultCallback)(RKLLMResult*, void*, LLMCallState): rkllm.h 1.1.x, 1.2.0 */
+typedef void (*void_callback_t)(void *, void *, int);
+static const void_callback_t void_callbacks[HANDOFF_SLOTS] = {
+    void_callback_0, void_callback_1, void_callback_2, void_callback_3, void_callback_4,
+    void_callback_5, void_callback_6, void_callback_7, void_callback_8, void_callback_9,
+    void_callback_10, void_callback_11, void_callback_12, void_callback_13, void_callback_14,
+    void_callback_15,
 };
 
 /* A free slot for one session, or -1 when all are taken. */
@@ -158,9 +173,10 @@ int rkmq_handoff_open(size_t text_offset, size_t perf_offset, size_t perf_size) 
     return found;
 }
 
-/* The slot's callback, to give rkllm_init. */
-void *rkmq_handoff_callback(int slot) {
-    return slot >= 0 && slot < HANDOFF_SLOTS ? (void *)callbacks[slot] : NULL;
+/* The slot's callback, to give rkllm_init: the one returning int, or the void one. */
+void *rkmq_handoff_callback(int slot, int returns_int) {
+    if (slot < 0 || slot >= HANDOFF_SLOTS) return NULL;
+    return returns_int ? (void *)callbacks[slot] : (void *)void_callbacks[slot];
 }
 
 /* A marker from the caller's side, after everything before it; it wakes the reader. */

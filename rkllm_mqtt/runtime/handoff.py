@@ -69,7 +69,7 @@ def native_library() -> ctypes.CDLL | None:
             return None
         lib.rkmq_handoff_open.argtypes = [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
         lib.rkmq_handoff_open.restype = ctypes.c_int
-        lib.rkmq_handoff_callback.argtypes = [ctypes.c_int]
+        lib.rkmq_handoff_callback.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.rkmq_handoff_callback.restype = ctypes.c_void_p
         lib.rkmq_handoff_push.argtypes = [ctypes.c_int, ctypes.c_int32]
         lib.rkmq_handoff_push.restype = ctypes.c_int
@@ -112,7 +112,8 @@ class NativeHandOff(HandOff):
 
     def __init__(self, lib: ctypes.CDLL, slot: int, module: Any) -> None:
         self._lib, self._slot = lib, slot
-        self.callback = module.LLMResultCallback(lib.rkmq_handoff_callback(slot))
+        returns_int = module.LLMResultCallback._restype_ is ctypes.c_int  # as its rkllm.h says
+        self.callback = module.LLMResultCallback(lib.rkmq_handoff_callback(slot, returns_int))
 
     @classmethod
     def open(cls, module: Any) -> NativeHandOff | None:

@@ -198,3 +198,17 @@ def test_with_every_c_slot_taken_a_session_runs_on_the_python_callback(
         for slot in taken:
             lib.rkmq_handoff_close(slot)
     assert open_session("1.3").handoff_kind == "C"  # a freed slot is used again
+
+
+def test_the_c_callback_has_the_type_its_header_declares(
+    open_session: Callable[..., Session], family: str,
+) -> None:
+    """rkllm.h declares LLMResultCallback returning void in 1.1.x and 1.2.0, int from 1.2.1."""
+    session = open_session(family)
+    lib = handoff_module.native_library()
+    handoff = session._handoff
+    assert lib is not None and isinstance(handoff, handoff_module.NativeHandOff)
+    returns_int = family in ("1.2", "1.3")
+    given = ctypes.cast(handoff.callback, ctypes.c_void_p).value
+    assert given == lib.rkmq_handoff_callback(handoff._slot, returns_int)
+    assert given != lib.rkmq_handoff_callback(handoff._slot, not returns_int)
