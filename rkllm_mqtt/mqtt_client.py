@@ -39,6 +39,24 @@ from rkllm_mqtt.protocol import Outgoing
 
 log = logging.getLogger(__name__)
 
+
+class _WantedDisconnectNoise(logging.Filter):
+    """Drops paho 2.2's ERROR "Client is not connected ... Last known Connection State:
+    MQTT_CS_DISCONNECTED". Its network thread sends our DISCONNECT, closes the socket and loops
+    once more before `loop_stop()` has told it to end (paho/mqtt/client.py, `loop_forever` and
+    `_loop`), so a clean shutdown logged that line one time in three. paho sets
+    MQTT_CS_DISCONNECTED only for a disconnect the client asked for; a lost connection keeps
+    its other states and stays logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Client is not connected")
+                    and message.endswith("MQTT_CS_DISCONNECTED"))
+
+
+_PAHO_LOG = logging.getLogger("paho.mqtt")
+_PAHO_LOG.addFilter(_WantedDisconnectNoise())
+
 CONNACK_TIMEOUT_S = 10.0
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -123,7 +141,7 @@ class MqttClient:
         if self.availability_topic is not None:
             client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.enable_logger(logging.getLogger("paho.mqtt"))  # paho's own log, in ours
+        client.enable_logger(_PAHO_LOG)  # paho's own log, in ours
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message

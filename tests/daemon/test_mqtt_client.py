@@ -163,3 +163,14 @@ def test_a_stop_request_ends_the_first_connect_retries(clients):
     stop.set()
     thread.join(10)
     assert not thread.is_alive() and isinstance(outcome[0], MqttConnectError)
+
+
+def test_a_clean_close_logs_no_paho_error(caplog, broker, clients):
+    """paho 2.2's network thread may loop once more after sending our DISCONNECT and log
+    "Client is not connected" at ERROR; `loop()` on the closed client takes that same path."""
+    c, _ = clients(settings(broker), client_id="clean-close", availability_topic="clean/status")
+    c.connect(attempts=3)
+    with caplog.at_level(logging.DEBUG, logger="paho.mqtt"):
+        c.close()
+        c.client.loop(timeout=0)  # paho's _loop on a client that disconnected as asked
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
